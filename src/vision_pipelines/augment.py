@@ -1,0 +1,60 @@
+"""The image data path, part 2: augmentation and normalisation of whole batches on the device.
+
+Each helper takes a ``[N, C, H, W]`` batch and returns one of the same shape, drawing its
+randomness from an explicit ``torch.Generator`` so a seeded run is repeatable (and resumable).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    # Draw on the generator's device (the CPU), then move: identical numbers on CPU and CUDA.
+    return torch.rand(n, generator=generator).to(device, non_blocking=True)
+
+
+def batch_flip_lr(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the batch left-right."""
+    flip = _uniform(len(images), generator, images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def batch_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of the original size from the image reflect-padded by ``padding`` pixels.
+
+    One gather for the whole batch, in the batch's own dtype (uint8 stays uint8): every image
+    gets its own offset in ``[-padding, padding]``, and indices that fall outside the image are
+    reflected back in, which is what cropping a reflect-padded image does.
+    """
+    if padding == 0:
+        return images
+    n, channels, height, width = images.shape
+    device = images.device
+    dy = (_uniform(n, generator, device) * (2 * padding + 1)).long() - padding
+    dx = (_uniform(n, generator, device) * (2 * padding + 1)).long() - padding
+    rows = _reflect(torch.arange(height, device=device)[None, :] + dy[:, None], height)  # [N, H]
+    cols = _reflect(torch.arange(width, device=device)[None, :] + dx[:, None], width)  # [N, W]
+    batch_index = torch.arange(n, device=device)[:, None, None, None]
+    channel_index = torch.arange(channels, device=device)[None, :, None, None]
+    return images[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map indices in ``[-size+1, 2*size-2]`` into ``[0, size)`` as reflect padding does."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """The training augmentation: random crop then random flip."""
+    images = batch_crop(images, padding, generator)
+    return batch_flip_lr(images, generator) if flip else images
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``[0, 255]`` -> ``(x/255 - mean) / std`` in ``dtype``; mean/std are per channel in [0, 1]."""
+    scale = 1.0 / (255.0 * std)
+    return (images.to(dtype) * scale.to(dtype)[None, :, None, None]
+            - (mean / std).to(dtype)[None, :, None, None])

@@ -1,0 +1,253 @@
+"""The training engine: one function that trains on CUDA or CPU from uint8 tensor caches.
+
+The whole data path stays on the training device: batches are gathered from the cached uint8
+tensors, augmented and normalised there, with no per-sample Python and no per-step host sync
+except an occasional progress-bar update. Each epoch ends with an atomic checkpoint, a plain
+dict ``{model, optimizer, scheduler, epoch, config, ...}``, from which a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import augment, normalize
+from .config import ImageConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Settings that do not change what is learned: a checkpoint stays valid when only these differ.
+RUN_ONLY_SETTINGS = ("device", "checkpoint_path", "resume", "compile")
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict[str, torch.Tensor]  # the weights the run keeps (train.keep)
+    history: pd.DataFrame  # one row per epoch
+    steps: pd.DataFrame  # one row per optimizer step: learning rate and loss
+    device: str
+    seconds: float  # training wall time, this process only
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)  # seeds the CPU and every CUDA device
+
+
+def fingerprint(train_config: TrainConfig, image_config: ImageConfig, model_config: object,
+                *tensors: torch.Tensor) -> str:
+    """A hash of everything that determines training: settings and the training data itself."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in RUN_ONLY_SETTINGS}
+    digest.update(repr((settings, dataclasses.asdict(image_config), dataclasses.asdict(model_config))).encode())
+    for tensor in tensors:
+        digest.update(repr((tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def fit(network: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
+        val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig,
+        image_config: ImageConfig, run_fingerprint: str = "") -> TrainResult:
+    """Train ``network`` with one-cycle ``config`` on uint8 ``[N, C, H, W]`` images."""
+    started = time.time()
+    device = resolve_device(config.device)
+    use_cuda = device.type == "cuda"
+    memory_format = torch.channels_last if use_cuda and config.channels_last else torch.contiguous_format
+    amp = use_cuda and config.mixed_precision
+    network = network.to(device, memory_format=memory_format)
+    model = torch.compile(network) if config.compile else network
+    mean = torch.tensor(image_config.mean, device=device)
+    std = torch.tensor(image_config.std, device=device)
+
+    train_images = _to_device(train_images, device)
+    train_labels = train_labels.to(device)
+    n = len(train_labels)
+    steps_per_epoch = max(1, n // config.batch_size + (n % config.batch_size >= 2))
+    optimizer = _optimizer(network, config)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=config.pct_start)
+    generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
+    state = {"epoch": 0, "history": [], "steps": [], "best_loss": float("inf"), "best_state": None}
+    checkpoint = Path(config.checkpoint_path) if config.checkpoint_path else None
+    if checkpoint is not None:
+        _resume(checkpoint, config, run_fingerprint, network, optimizer, scheduler, generator, state)
+
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        network.train()
+        epoch_started = time.time()
+        order = torch.randperm(n, generator=generator)
+        losses, correct, seen = [], torch.zeros((), device=device, dtype=torch.int64), 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                   disable=not sys.stderr.isatty(), unit="batch")
+        for step in bar:
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            seen += len(index)
+            labels = train_labels[index.to(device)]
+            batch = train_images[index.to(train_images.device)].to(device, non_blocking=True)
+            images = augment(batch, config.crop_padding, config.flip, generator)
+            images = normalize(images, mean, std).contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_value_(network.parameters(), config.grad_clip)
+            optimizer.step()
+            state["steps"].append({"step": len(state["steps"]) + 1, "epoch": epoch,
+                                   "lr": scheduler.get_last_lr()[0]})
+            scheduler.step()
+            losses.append(loss.detach())
+            correct += (logits.argmax(1) == labels).sum()
+            if step % 20 == 0 and not bar.disable:  # the only host sync in the loop
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        step_losses = torch.stack(losses).float().cpu().tolist()
+        for row, value in zip(state["steps"][-len(step_losses):], step_losses):
+            row["loss"] = value
+        val_loss, val_accuracy = evaluate(model, val_images, val_labels, mean, std, config.batch_size,
+                                          device, memory_format, amp)
+        row = {"epoch": epoch, "train_loss": sum(step_losses) / len(step_losses),
+               "train_accuracy": correct.item() / seen,
+               "val_loss": val_loss, "val_accuracy": val_accuracy,
+               "lr": state["steps"][-1]["lr"], "seconds": time.time() - epoch_started}
+        state["history"].append(row)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
+                 config.epochs, row["train_loss"], val_loss, val_accuracy, row["seconds"])
+        if config.keep == "best_val_loss" and val_loss < state["best_loss"]:
+            state["best_loss"] = val_loss
+            state["best_state"] = _cpu_copy(network.state_dict())
+        state["epoch"] = epoch
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, config, run_fingerprint, network, optimizer, scheduler, generator, state)
+
+    kept = state["best_state"] if config.keep == "best_val_loss" and state["best_state"] else network.state_dict()
+    return TrainResult(_cpu_copy(kept), pd.DataFrame(state["history"]), pd.DataFrame(state["steps"]),
+                       str(device), time.time() - started)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+             std: torch.Tensor, batch_size: int, device: torch.device,
+             memory_format: torch.memory_format = torch.contiguous_format,
+             amp: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on a labelled set (NaN when it is empty)."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    logits = predict_logits(model, images, mean, std, batch_size, device, memory_format, amp)
+    labels = labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return loss, accuracy
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   batch_size: int, device: torch.device,
+                   memory_format: torch.memory_format = torch.contiguous_format, amp: bool = False,
+                   tta_flip: bool = False) -> torch.Tensor:
+    """Logits ``[N, classes]`` (float32, on ``device``) for uint8 images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device, non_blocking=True)
+        batch = normalize(batch, mean.to(device), std.to(device)).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(batch).float()
+            if tta_flip:  # average the image and its mirror
+                logits = (logits + model(batch.flip(-1)).float()) / 2
+        outputs.append(logits)
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0, device=device)
+
+
+def _optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(network.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(network.parameters(), lr=config.max_lr, momentum=0.9, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Keep the uint8 cache on the GPU when it fits in half the free memory; else pin it."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() < free // 2:
+        return images.to(device)
+    log.info("image cache (%.1f GB) does not fit on %s: streaming from pinned memory",
+             images.numel() / 1e9, device)
+    return images.pin_memory()
+
+
+def _cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+def _save_checkpoint(path: Path, config: TrainConfig, run_fingerprint: str, network: nn.Module,
+                     optimizer, scheduler, generator: torch.Generator, state: dict) -> None:
+    """Write the checkpoint next to ``path`` and rename it over ``path``: never half a file."""
+    payload = {
+        "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "epoch": state["epoch"],
+        "config": dataclasses.asdict(config), "fingerprint": run_fingerprint,
+        "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "history": state["history"], "steps": state["steps"],
+        "best": {"loss": state["best_loss"], "state": state["best_state"]},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def _resume(path: Path, config: TrainConfig, run_fingerprint: str, network: nn.Module, optimizer,
+            scheduler, generator: torch.Generator, state: dict) -> None:
+    if not config.resume:
+        if path.exists():
+            log.info("train.resume=false: ignoring checkpoint %s and training from scratch", path)
+        return
+    if not path.exists():
+        return
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # never executes code
+    except Exception as error:  # noqa: BLE001 - a damaged checkpoint only costs a fresh start
+        log.warning("checkpoint %s is unreadable (%s): training from scratch", path, error)
+        return
+    if saved.get("fingerprint") != run_fingerprint:
+        log.info("checkpoint %s was made with other settings or data: training from scratch", path)
+        return
+    network.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    generator.set_state(saved["rng"]["generator"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    state.update(epoch=saved["epoch"], history=saved["history"], steps=saved["steps"],
+                 best_loss=saved["best"]["loss"], best_state=saved["best"]["state"])
+    log.info("resuming from %s after epoch %d of %d", path, saved["epoch"], config.epochs)
+
+

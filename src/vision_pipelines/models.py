@@ -1,0 +1,98 @@
+"""Networks, built from a model card alone so a saved model can be rebuilt without the pipeline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+def conv_block(in_channels: int, out_channels: int, pool: bool = False) -> nn.Sequential:
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+              nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_block(channels, channels), conv_block(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNet9(nn.Module):
+    """The ResNet9 of the fast CIFAR-10 / fruits tutorials; ``width`` channels in the first block.
+
+    Three 2x poolings, then global max pooling, so any input of at least 8x8 pixels works.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64, dropout: float = 0.2) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_block(in_channels, w),
+            conv_block(w, 2 * w, pool=True), Residual(2 * w),
+            conv_block(2 * w, 4 * w, pool=True),
+            conv_block(4 * w, 8 * w, pool=True), Residual(8 * w),
+        )
+        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                        nn.Linear(8 * w, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def build_model(model: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """A fresh network for ``model``; pretrained torchvision weights are loaded when asked for."""
+    if model.name == "resnet9":
+        return ResNet9(in_channels, num_classes, model.width, model.dropout)
+    return _torchvision_resnet(model, in_channels, num_classes)
+
+
+def _torchvision_resnet(model: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
+
+    builder = getattr(torchvision.models, model.name)
+    weights = torchvision.models.get_model_weights(model.name).DEFAULT if model.pretrained else None
+    try:
+        network = builder(weights=weights)
+    except (OSError, RuntimeError) as error:  # offline (URLError is an OSError) or a bad file
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        raise PretrainedWeightsMissing(
+            f"could not load pretrained weights {weights} ({error}). Download {weights.url} to "
+            f"{cache} (TORCH_HOME moves the cache), or set model.pretrained=false to train from scratch."
+        ) from error
+    if in_channels != 3:  # keep pretrained filters by averaging them over the RGB channels
+        conv = network.conv1
+        network.conv1 = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                  conv.padding, bias=False)
+        with torch.no_grad():
+            network.conv1.weight.copy_(conv.weight.mean(1, keepdim=True).repeat(1, in_channels, 1, 1))
+    network.fc = nn.Sequential(nn.Dropout(model.dropout), nn.Linear(network.fc.in_features, num_classes))
+    return network
+
+
+class PretrainedWeightsMissing(FileNotFoundError):
+    """ImageNet weights are neither cached nor downloadable."""
+
+
+def model_from_card(card: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Rebuild the network a model card describes, with ``state_dict`` loaded if given."""
+    config = ModelConfig(**{**card["model"], "pretrained": False})  # the weights come from the file
+    network = build_model(config, card["input"]["channels"], len(card["class_names"]))
+    if state_dict is not None:
+        network.load_state_dict(state_dict)
+    return network.eval()
+
+
+def count_parameters(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
