@@ -1,15 +1,17 @@
-"""The whole fruits pipeline through a Kedro session on a tiny made-up dataset."""
+"""Whole pipelines through a Kedro session on tiny made-up datasets in each source layout."""
 
 from __future__ import annotations
 
 import json
+import urllib.error
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import fast_params, run_kedro
+from conftest import fast_params, make_class_folders, make_contest_csv_layout, make_image, run_kedro
 from vision_pipelines import engine, images
 from vision_pipelines.models import model_from_card
 
@@ -50,3 +52,97 @@ def test_fruits_pipeline_produces_every_artifact(kedro_project: Path, fruits_lik
     predicted = [card["class_names"][i] for i in logits.argmax(1).tolist()]
     predictions = pd.read_parquet(data / "07_model_output/fruits/predictions.parquet")
     assert predicted == predictions.loc[predictions["subset"] == "test", "predicted"].tolist()
+
+
+def _garbage_like(root: Path) -> Path:
+    """Kaggle's garbage archive: class folders nested twice, index files beside them."""
+    inner = root / "Garbage classification" / "Garbage classification"
+    make_class_folders(inner, ["cardboard", "glass", "metal"], 10, size=(32, 24))
+    (root / "one-indexed-files.txt").write_text("cardboard1.jpg 1\n")
+    return root
+
+
+def _intel_like(root: Path) -> Path:
+    """seg_train/seg_train/<class>, seg_test/seg_test/<class>, unlabelled seg_pred/seg_pred."""
+    classes = ["buildings", "forest", "sea"]
+    make_class_folders(root / "seg_train" / "seg_train", classes, 10)
+    make_class_folders(root / "seg_test" / "seg_test", classes, 3, start_seed=700)
+    for n in range(5):
+        make_image(root / "seg_pred" / "seg_pred" / f"{n + 100}.jpg", n % 3, seed=900 + n)
+    return root
+
+
+def _cifar_like(root: Path) -> Path:
+    classes = ["airplane", "bird", "cat"]
+    make_class_folders(root / "train", classes, 10, size=(32, 32), extension=".png")
+    make_class_folders(root / "test", classes, 3, size=(32, 32), extension=".png", start_seed=300)
+    return root
+
+
+# dataset -> (made-up layout, submission columns, rows of the submission)
+LAYOUTS = {
+    "garbage": (_garbage_like, ["id", "label"], "test"),
+    "intel": (_intel_like, ["image_name", "label"], "predict"),
+    "apparel": (lambda root: make_contest_csv_layout(root), ["id", "label"], "predict"),
+    "cifar10": (_cifar_like, ["id", "label"], "test"),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(LAYOUTS))
+def test_every_pipeline_runs_on_its_layout(dataset: str, kedro_project: Path, tmp_path: Path) -> None:
+    make_layout, columns, submitted = LAYOUTS[dataset]
+    root = make_layout(tmp_path / f"{dataset}_download")
+    run_kedro(kedro_project, dataset, fast_params(dataset, **{"source.kind": "local", "source.path": str(root)}))
+    data = kedro_project / "data"
+
+    manifest = pd.read_parquet(data / f"02_intermediate/{dataset}/manifest.parquet")
+    card = json.loads((data / f"06_models/{dataset}/model_card.json").read_text())
+    metrics = json.loads((data / f"08_reporting/{dataset}/metrics.json").read_text())
+    submission = pd.read_csv(data / f"07_model_output/{dataset}/submission.csv", dtype=str)
+    assert card["input"]["channels"] == (1 if dataset == "apparel" else 3)
+    # apparel's class names come from its configuration (all ten), the others' from the folders
+    assert card["input"]["size"] == 16 and len(card["class_names"]) == (10 if dataset == "apparel" else 3)
+    assert metrics["images"] > 0 and 0 <= metrics["accuracy"] <= 1
+    assert list(submission.columns) == columns
+    assert len(submission) == (manifest["subset"] == submitted).sum() > 0
+    for plot in PLOTS:
+        assert (data / f"08_reporting/{dataset}/{plot}.png").is_file(), plot
+    if dataset == "apparel":  # the sample submission's row order, labels as class indices
+        sample = pd.read_csv(next(root.glob("sample_submission*.csv")), dtype=str)
+        assert submission["id"].tolist() == sample["id"].tolist()
+        assert set(submission["label"].astype(int)) <= {0, 1, 2}
+    if dataset == "garbage":  # no official split: a seeded test split carved from the images
+        assert set(manifest["subset"]) >= {"train", "val", "test"}
+
+
+def test_intel_base_recipe_fine_tunes_pretrained_resnet34(kedro_project: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """conf/base intel = ImageNet ResNet34; weights come from torch's hub cache (here: made up)."""
+    import torchvision
+
+    weights = torchvision.models.ResNet34_Weights.DEFAULT
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet34().state_dict(), cached)
+    root = _intel_like(tmp_path / "intel_download")
+    params = {"intel.source.kind": "local", "intel.source.path": str(root), "intel.images.size": 32,
+              "intel.train.epochs": 1, "intel.train.batch_size": 16}
+    run_kedro(kedro_project, "intel", params, env="base")
+    card = json.loads((kedro_project / "data/06_models/intel/model_card.json").read_text())
+    assert card["model"]["name"] == "resnet34" and card["pretrained_init"] is True
+    assert card["input"]["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_missing_pretrained_weights_name_the_cache_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vision_pipelines.config import ModelConfig
+    from vision_pipelines.models import PretrainedWeightsMissing, build_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+
+    def offline(url, *args, **kwargs):  # what urllib raises with no network
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(PretrainedWeightsMissing, match="empty_torch_home.*model.pretrained=false"):
+        build_model(ModelConfig(name="resnet34", pretrained=True), 3, 6)

@@ -121,7 +121,7 @@ def fit(network: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
             losses.append(loss.detach())
             correct += (logits.argmax(1) == labels).sum()
             if step % 20 == 0 and not bar.disable:  # the only host sync in the loop
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{correct.item() / seen:.3f}")
         step_losses = torch.stack(losses).float().cpu().tolist()
         for row, value in zip(state["steps"][-len(step_losses):], step_losses):
             row["loss"] = value

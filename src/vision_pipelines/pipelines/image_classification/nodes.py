@@ -64,9 +64,11 @@ def build_manifest(raw_images: Path, source: dict[str, Any],
     train_index = rows.index[rows["subset"] == "train"].tolist()
     has_test = (rows["subset"] == "test").any()
     test_fraction = 0.0 if has_test else split_config.test_fraction
-    fractions = [1 - split_config.val_fraction - test_fraction, split_config.val_fraction, test_fraction]
+    fractions = {"train": 1 - split_config.val_fraction - test_fraction,
+                 "val": split_config.val_fraction, "test": test_fraction}
+    fractions = {subset: f for subset, f in fractions.items() if f > 0}
     generator = torch.Generator().manual_seed(split_config.seed)
-    for subset, part in zip(("train", "val", "test"), random_split(train_index, fractions, generator)):
+    for subset, part in zip(fractions, random_split(train_index, list(fractions.values()), generator)):
         rows.loc[list(part), "subset"] = subset
     if not has_test and test_fraction == 0:
         log.info("the source has no test set and split.test_fraction=0: reports use the validation set")

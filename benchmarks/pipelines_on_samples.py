@@ -1,0 +1,96 @@
+"""Run every dataset's pipeline end to end, as a user would, and record accuracy and wall time.
+
+    python benchmarks/pipelines_on_samples.py                       # all datasets, --env=cpu
+    python benchmarks/pipelines_on_samples.py --datasets fruits --env base
+
+Each run is ``kedro run --pipelines=<name> --env=<env> --params=<name>.source.kind=local,
+<name>.source.path=<DIR>`` in a throw-away copy of the project (the real data/ is untouched),
+on the samples in ``$DATASETS_DIR`` (default ``../shared/datasets``). Results go to
+``benchmarks/results/pipelines_<env>.json`` and ``.md`` with the date, hardware and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROJECT = Path(__file__).resolve().parents[1]
+RESULTS = PROJECT / "benchmarks" / "results"
+SAMPLE_FOLDERS = {"fruits": "fruits360", "garbage": "garbage", "intel": "intel",
+                  "apparel": "apparel", "cifar10": "cifar10"}
+
+
+def run_pipeline(dataset: str, source: Path, env: str, workdir: Path) -> dict:
+    """One ``kedro run`` in a project copy; returns its wall time and reported metrics."""
+    project = workdir / dataset
+    shutil.copytree(PROJECT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    (project / "src").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT / name, project / name)
+    command = ["kedro", "run", f"--pipelines={dataset}", f"--env={env}",
+               f"--params={dataset}.source.kind=local,{dataset}.source.path={source}"]
+    started = time.time()
+    subprocess.run(command, cwd=project, check=True, capture_output=True,
+                   env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"})
+    seconds = time.time() - started
+    metrics = json.loads((project / f"data/08_reporting/{dataset}/metrics.json").read_text())
+    card = json.loads((project / f"data/06_models/{dataset}/model_card.json").read_text())
+    return {
+        "dataset": dataset, "sample": str(source), "wall_seconds": round(seconds, 1),
+        "train_seconds": card["training"]["seconds"], "evaluated_on": metrics["subset"],
+        "accuracy": round(metrics["accuracy"], 4), "images_evaluated": metrics["images"],
+        "val_accuracy": None if metrics["val_accuracy"] is None else round(metrics["val_accuracy"], 4),
+        "train_images": card["training"]["train_images"], "model": card["model"]["name"],
+        "image_size": card["input"]["size"], "epochs": card["training"]["epochs_run"],
+        "command": " ".join(command),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(SAMPLE_FOLDERS), choices=list(SAMPLE_FOLDERS))
+    parser.add_argument("--env", default="cpu", help="Kedro environment (cpu or base)")
+    parser.add_argument("--samples", type=Path,
+                        default=Path(os.environ.get("DATASETS_DIR", PROJECT.parent / "shared" / "datasets")))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for dataset in args.datasets:
+            row = run_pipeline(dataset, (args.samples / SAMPLE_FOLDERS[dataset]).resolve(), args.env, Path(workdir))
+            print(json.dumps(row))
+            rows.append(row)
+    record = {
+        "date": datetime.date.today().isoformat(), "env": args.env,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})",
+        "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "runs": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"pipelines_{args.env}.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# Pipelines on the real samples, `--env={args.env}`", "",
+             f"{record['date']}, {record['device']}, {record['cores']} cores, torch {record['torch']}. "
+             f"Command: `{record['command']}`. Samples are a few hundred images: a sanity check, not a benchmark.",
+             "", "| pipeline | model, size, epochs | train images | evaluated on | accuracy | train time | wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['model']}, {r['image_size']} px, {r['epochs']} | {r['train_images']} | "
+                     f"{r['evaluated_on']} ({r['images_evaluated']}) | {r['accuracy']:.1%} | "
+                     f"{r['train_seconds']:.0f} s | {r['wall_seconds']:.0f} s |")
+    (RESULTS / f"pipelines_{args.env}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
