@@ -58,6 +58,17 @@ def run_pipeline(dataset: str, source: Path, env: str, workdir: Path) -> dict:
     }
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(SAMPLE_FOLDERS), choices=list(SAMPLE_FOLDERS))
@@ -73,7 +84,7 @@ def main() -> None:
             rows.append(row)
     record = {
         "date": datetime.date.today().isoformat(), "env": args.env,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
         "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "runs": rows,
     }
