@@ -129,6 +129,6 @@ def size_summary(outcomes: pd.DataFrame) -> dict:
     return {
         "width": describe(ok["width"].astype(int)),
         "height": describe(ok["height"].astype(int)),
-        "most_common_sizes": sizes.most_common(10),
+        "most_common_sizes": dict(sizes.most_common(10)),  # "WxH": images
         "modes": dict(Counter(ok["mode"])),
     }
