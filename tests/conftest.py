@@ -81,17 +81,22 @@ def fruits_like(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A throw-away copy of the project (conf + pyproject) as the working directory."""
-    project = tmp_path / "project"
-    project.mkdir()
+def make_project(project: Path) -> Path:
+    """A throw-away copy of the project (conf, pyproject, telemetry opt-out) at ``project``."""
+    project.mkdir(parents=True)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf",
                     ignore=shutil.ignore_patterns("credentials*", "local"))
     (project / "conf" / "local").mkdir()
     shutil.copy(PROJECT_ROOT / "pyproject.toml", project / "pyproject.toml")
     shutil.copy(PROJECT_ROOT / ".telemetry", project / ".telemetry")
     (project / "src").mkdir()  # bootstrap_project checks it exists; the package is installed
+    return project
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A throw-away copy of the project as the working directory."""
+    project = make_project(tmp_path / "project")
     monkeypatch.chdir(project)
     return project
 
