@@ -6,6 +6,7 @@ Nothing here reaches another host: the one real download goes to a server on 127
 from __future__ import annotations
 
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torchvision
 import yaml
@@ -21,8 +23,9 @@ from PIL import Image
 from conftest import PROJECT_ROOT, make_class_folders
 from vision_pipelines.config import SourceConfig
 from vision_pipelines.hooks import KaggleCredentialsHook
-from vision_pipelines.sources import DownloadError, MissingCredentialsError, scan
-from vision_pipelines.sources.downloads import COMPLETE_MARKER, download_kaggle, download_torchvision
+from vision_pipelines.sources import DownloadError, MissingCredentialsError, fetch, scan
+from vision_pipelines.sources.downloads import (COMPLETE_MARKER, download_kaggle, download_torchvision,
+                                                kaggle_credentials_present)
 
 
 @pytest.fixture
@@ -34,7 +37,10 @@ def kaggle_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def no_kaggle_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so monkeypatch also removes what the code under test sets (delenv of an
+        # unset variable records nothing, and the hook's credentials would leak into later tests)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "home" / ".kaggle"))
 
@@ -178,3 +184,186 @@ def test_network_failure_mid_download_keeps_nothing_partial(tmp_path: Path, monk
         server.shutdown()
     assert [p.name for p in tmp_path.iterdir()] == ["torchvision__CIFAR10"]  # no partial, no final
     assert sorted(p.relative_to(tmp_path) for p in earlier.rglob("*")) == before
+
+
+# --- Kaggle: what the client is asked, and what a killed run leaves behind --------------------
+
+
+def test_kaggle_client_unzips_into_a_partial_folder_beside_the_target(tmp_path: Path, kaggle_credentials) -> None:
+    seen = {}
+
+    class RecordingApi(FakeKaggleApi):
+        def dataset_download_files(self, dataset: str, path: str, unzip: bool, quiet: bool) -> None:
+            seen.update(dataset=dataset, path=Path(path), unzip=unzip, exists=Path(path).is_dir())
+            super().dataset_download_files(dataset, path=path, unzip=unzip, quiet=quiet)
+
+    done = download_kaggle("puneet6060/intel-image-classification", tmp_path / "downloads",
+                           api_factory=RecordingApi)
+    assert done == tmp_path / "downloads" / "puneet6060__intel-image-classification"
+    assert seen["dataset"] == "puneet6060/intel-image-classification" and seen["unzip"] is True
+    # staged in the same folder (an atomic rename), under a name never read as data
+    assert seen["exists"] and seen["path"].parent == tmp_path / "downloads"
+    assert seen["path"].name.startswith("puneet6060__intel-image-classification.partial-")
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == [done.name]
+
+
+def test_leftover_partial_folder_is_removed_and_never_used(tmp_path: Path, kaggle_credentials) -> None:
+    leftover = tmp_path / "moltean__fruits.partial-x1y2"  # a killed run got as far as its marker
+    make_class_folders(leftover / "fruits-360" / "Training", ["Stale"], 3)
+    (leftover / COMPLETE_MARKER).write_text("{}")
+    api = FakeKaggleApi()
+
+    done = download_kaggle("moltean/fruits", tmp_path, api_factory=lambda: api)
+
+    assert api.calls == ["moltean/fruits"]  # the leftover was not taken for a finished download
+    assert not leftover.exists()
+    assert sorted(p.parent.name for p in done.rglob("*.jpg")) == ["Apple", "Apple", "Kiwi", "Kiwi"]
+    assert [p.name for p in tmp_path.iterdir()] == ["moltean__fruits"]
+
+
+def test_final_folder_without_marker_is_downloaded_again(tmp_path: Path, kaggle_credentials) -> None:
+    old = tmp_path / "moltean__fruits"  # e.g. unzipped by hand, half-way
+    make_class_folders(old / "fruits-360" / "Training", ["Stale"], 1)
+    api = FakeKaggleApi()
+    done = download_kaggle("moltean/fruits", tmp_path, api_factory=lambda: api)
+    assert done == old and api.calls == ["moltean/fruits"]
+    assert not (done / "fruits-360" / "Training" / "Stale").exists()
+    assert (done / COMPLETE_MARKER).is_file()
+
+
+def test_missing_credentials_never_build_the_client(tmp_path: Path, no_kaggle_credentials) -> None:
+    built = []
+    with pytest.raises(MissingCredentialsError) as error:
+        download_kaggle("moltean/fruits", tmp_path, api_factory=lambda: built.append(1))
+    assert built == []
+    message = str(error.value)
+    for hint in ("conf/local/credentials.yml", "KAGGLE_USERNAME and KAGGLE_KEY", "kaggle.json",
+                 "source.kind=local"):
+        assert hint in message
+    assert not (tmp_path / "moltean__fruits").exists()
+
+
+@pytest.mark.parametrize("provide", ["username_and_key", "api_token", "kaggle_json", "access_token"])
+def test_each_documented_credential_source_counts(tmp_path: Path, no_kaggle_credentials,
+                                                  monkeypatch: pytest.MonkeyPatch, provide: str) -> None:
+    assert not kaggle_credentials_present()
+    config_dir = Path(os.environ["KAGGLE_CONFIG_DIR"])
+    if provide == "username_and_key":
+        monkeypatch.setenv("KAGGLE_USERNAME", "ann")
+        monkeypatch.setenv("KAGGLE_KEY", "k")
+    elif provide == "api_token":
+        monkeypatch.setenv("KAGGLE_API_TOKEN", "t")
+    else:
+        config_dir.mkdir(parents=True)
+        (config_dir / ("kaggle.json" if provide == "kaggle_json" else "access_token")).write_text("{}")
+    assert kaggle_credentials_present()
+
+
+def test_username_without_key_is_not_enough(no_kaggle_credentials, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAGGLE_USERNAME", "ann")
+    assert not kaggle_credentials_present()
+
+
+def test_fetch_kaggle_source_uses_the_real_client_factory(tmp_path: Path, kaggle_credentials,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fetch`` with kind=kaggle, the default client factory, and a fake ``kaggle`` package."""
+    api = FakeKaggleApi()
+    api.authenticated = False
+
+    def authenticate() -> None:
+        api.authenticated = True
+
+    api.authenticate = authenticate
+    fake = SimpleNamespace(KaggleApi=lambda: api)
+    for name, module in (("kaggle", SimpleNamespace()), ("kaggle.api", SimpleNamespace()),
+                         ("kaggle.api.kaggle_api_extended", fake)):
+        monkeypatch.setitem(sys.modules, name, module)
+    source = SourceConfig(kind="kaggle", dataset="moltean/fruits", download_dir=str(tmp_path / "dl"),
+                          train_dir="Training")
+    root = fetch(source)
+    assert root == tmp_path / "dl" / "moltean__fruits" and api.authenticated
+    assert scan(root, source).class_names == ["Apple", "Kiwi"]
+
+
+def test_kaggle_credentials_hook_keeps_variables_already_set(tmp_path: Path, kaggle_credentials) -> None:
+    (tmp_path / "conf" / "local").mkdir(parents=True)
+    (tmp_path / "conf" / "local" / "credentials.yml").write_text("kaggle: {username: ann, key: k123}\n")
+    KaggleCredentialsHook().after_context_created(
+        SimpleNamespace(config_loader={"credentials": {}}, project_path=tmp_path))
+    assert (os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"]) == ("someone", "secret")
+
+
+def test_kaggle_credentials_hook_reads_the_config_loader(tmp_path: Path, no_kaggle_credentials) -> None:
+    loader = {"credentials": {"kaggle": {"username": "bob", "key": 12345}}}
+    KaggleCredentialsHook().after_context_created(SimpleNamespace(config_loader=loader, project_path=tmp_path))
+    assert (os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"]) == ("bob", "12345")
+    assert kaggle_credentials_present()
+
+
+def test_kaggle_credentials_hook_without_credentials_sets_nothing(tmp_path: Path, no_kaggle_credentials) -> None:
+    class NoCredentials(dict):
+        def __getitem__(self, key):
+            raise KeyError(key)  # as the config loader does when no credentials file exists
+
+    KaggleCredentialsHook().after_context_created(SimpleNamespace(config_loader=NoCredentials(),
+                                                                  project_path=tmp_path))
+    assert "KAGGLE_USERNAME" not in os.environ and "KAGGLE_KEY" not in os.environ
+
+
+# --- torchvision: the exported layouts in detail ------------------------------------------------
+
+
+def test_cifar10_export_lists_every_image_in_its_class_folder(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+
+    class Recording(FakeTorchvisionDataset):
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            built.append(train)
+            super().__init__(root, train, download)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Recording)
+    root = download_torchvision("CIFAR10", tmp_path)
+    assert root == tmp_path / "torchvision__CIFAR10" and (root / COMPLETE_MARKER).is_file()
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
+        "test/one/1.png", "test/two/2.png", "test/zero/0.png",
+        "train/one/1.png", "train/one/4.png", "train/two/2.png", "train/two/5.png",
+        "train/zero/0.png", "train/zero/3.png"]
+    with Image.open(root / "train" / "two" / "5.png") as image:
+        assert image.mode == "RGB" and image.size == (8, 8) and image.getpixel((0, 0)) == (200, 0, 0)
+    found = scan(root, _config("cifar10", root))
+    assert by_file(found)["test/two/2.png"] == ("two", "test")
+    assert download_torchvision("CIFAR10", tmp_path) == root and built == [True, False]  # once only
+
+
+def test_fashion_mnist_export_matches_the_contest_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grey = type("FakeFashion", (FakeTorchvisionDataset,), {"mode": "L"})
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", grey)
+    root = download_torchvision("FashionMNIST", tmp_path)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        COMPLETE_MARKER, "test/test.csv", "test/test/7.png", "test/test/8.png", "test/test/9.png",
+        "train/train.csv", *[f"train/train/{i}.png" for i in range(1, 7)]]
+    assert (root / "train" / "train.csv").read_text().splitlines() == [
+        "id,label", "1,0", "2,1", "3,2", "4,0", "5,1", "6,2"]
+    with Image.open(root / "train" / "train" / "3.png") as image:
+        assert image.mode == "L" and image.getpixel((0, 0)) == 80
+
+    config = _config("apparel", root)
+    found = scan(root, config)
+    files = by_file(found)
+    assert files["train/train/2.png"] == (config.class_names[1], "train")  # label 1 = "Trouser"
+    assert files["test/test/9.png"] == (None, "predict")
+    assert found.images["origin"].value_counts().to_dict() == {"train": 6, "predict": 3}
+    assert found.skipped.empty
+
+
+def test_unsupported_torchvision_dataset_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match=r"source\.dataset='MNIST'.*\['CIFAR10', 'FashionMNIST'\]"):
+        download_torchvision("MNIST", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def by_file(found) -> dict[str, tuple]:
+    """file -> (label, origin); a missing label reads None."""
+    return {f: (None if pd.isna(label) else label, origin) for f, label, origin in
+            zip(found.images["file"], found.images["label"], found.images["origin"])}

@@ -65,68 +65,103 @@ def fingerprint(train_config: TrainConfig, image_config: ImageConfig, model_conf
     return digest.hexdigest()
 
 
+class TrainStep:
+    """One optimizer step from a uint8 batch: augment, normalise, forward, backward, clip, step.
+
+    ``fit`` runs it over epochs; ``benchmarks/train_throughput.py`` times the very same code.
+    """
+
+    def __init__(self, network: nn.Module, config: TrainConfig, image_config: ImageConfig,
+                 device: torch.device, total_steps: int) -> None:
+        self.config, self.device = config, device
+        use_cuda = device.type == "cuda"
+        self.memory_format = torch.channels_last if use_cuda and config.channels_last else torch.contiguous_format
+        self.amp = use_cuda and config.mixed_precision  # bf16 needs no GradScaler
+        self.network = network.to(device, memory_format=self.memory_format)
+        self.model = torch.compile(self.network) if config.compile else self.network
+        self.mean = torch.tensor(image_config.mean, device=device)
+        self.std = torch.tensor(image_config.std, device=device)
+        self.optimizer = _optimizer(self.network, config)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.max_lr, total_steps=total_steps, pct_start=config.pct_start)
+
+    def __call__(self, batch: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on uint8 ``batch``; returns the (detached) loss and logits, without a host sync."""
+        images = augment(batch, self.config.crop_padding, self.config.flip, generator)
+        return self.forward_backward(normalize(images, self.mean, self.std), labels)
+
+    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's own work on a ready float batch: what a data path cannot make faster."""
+        images = images.contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_value_(self.network.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+
+def epoch_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator,
+                  device: torch.device):
+    """Shuffled ``(uint8 batch, labels)`` pairs on ``device``, gathered straight from the cache.
+
+    A last batch of one image is dropped: batch norm cannot train on it.
+    """
+    order = torch.randperm(len(labels), generator=generator)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        if len(index) < 2 and start > 0:
+            break
+        yield (images[index.to(images.device)].to(device, non_blocking=True),
+               labels[index.to(labels.device)].to(device, non_blocking=True))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size + (n % batch_size >= 2))
+
+
 def fit(network: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
         val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig,
         image_config: ImageConfig, run_fingerprint: str = "") -> TrainResult:
     """Train ``network`` with one-cycle ``config`` on uint8 ``[N, C, H, W]`` images."""
     started = time.time()
     device = resolve_device(config.device)
-    use_cuda = device.type == "cuda"
-    memory_format = torch.channels_last if use_cuda and config.channels_last else torch.contiguous_format
-    amp = use_cuda and config.mixed_precision
-    network = network.to(device, memory_format=memory_format)
-    model = torch.compile(network) if config.compile else network
-    mean = torch.tensor(image_config.mean, device=device)
-    std = torch.tensor(image_config.std, device=device)
-
     train_images = _to_device(train_images, device)
     train_labels = train_labels.to(device)
-    n = len(train_labels)
-    steps_per_epoch = max(1, n // config.batch_size + (n % config.batch_size >= 2))
-    optimizer = _optimizer(network, config)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=config.pct_start)
+    per_epoch = steps_per_epoch(len(train_labels), config.batch_size)
+    step = TrainStep(network, config, image_config, device, total_steps=config.epochs * per_epoch)
     generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
     state = {"epoch": 0, "history": [], "steps": [], "best_loss": float("inf"), "best_state": None}
     checkpoint = Path(config.checkpoint_path) if config.checkpoint_path else None
     if checkpoint is not None:
-        _resume(checkpoint, config, run_fingerprint, network, optimizer, scheduler, generator, state)
+        _resume(checkpoint, config, run_fingerprint, step.network, step.optimizer, step.scheduler, generator, state)
 
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
-        network.train()
+        step.network.train()
         epoch_started = time.time()
-        order = torch.randperm(n, generator=generator)
         losses, correct, seen = [], torch.zeros((), device=device, dtype=torch.int64), 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+        batches = epoch_batches(train_images, train_labels, config.batch_size, generator, device)
+        bar = tqdm(batches, total=per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                    disable=not sys.stderr.isatty(), unit="batch")
-        for step in bar:
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            seen += len(index)
-            labels = train_labels[index.to(device)]
-            batch = train_images[index.to(train_images.device)].to(device, non_blocking=True)
-            images = augment(batch, config.crop_padding, config.flip, generator)
-            images = normalize(images, mean, std).contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_value_(network.parameters(), config.grad_clip)
-            optimizer.step()
+        for batch, labels in bar:
             state["steps"].append({"step": len(state["steps"]) + 1, "epoch": epoch,
-                                   "lr": scheduler.get_last_lr()[0]})
-            scheduler.step()
-            losses.append(loss.detach())
+                                   "lr": step.scheduler.get_last_lr()[0]})
+            loss, logits = step(batch, labels, generator)
+            seen += len(labels)
+            losses.append(loss)
             correct += (logits.argmax(1) == labels).sum()
-            if step % 20 == 0 and not bar.disable:  # the only host sync in the loop
+            if len(losses) % 20 == 1 and not bar.disable:  # the only host sync in the loop
                 bar.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{correct.item() / seen:.3f}")
         step_losses = torch.stack(losses).float().cpu().tolist()
         for row, value in zip(state["steps"][-len(step_losses):], step_losses):
             row["loss"] = value
-        val_loss, val_accuracy = evaluate(model, val_images, val_labels, mean, std, config.batch_size,
-                                          device, memory_format, amp)
+        val_loss, val_accuracy = evaluate(step.model, val_images, val_labels, step.mean, step.std,
+                                          config.batch_size, device, step.memory_format, step.amp)
         row = {"epoch": epoch, "train_loss": sum(step_losses) / len(step_losses),
                "train_accuracy": correct.item() / seen,
                "val_loss": val_loss, "val_accuracy": val_accuracy,
@@ -136,12 +171,13 @@ def fit(network: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
                  config.epochs, row["train_loss"], val_loss, val_accuracy, row["seconds"])
         if config.keep == "best_val_loss" and val_loss < state["best_loss"]:
             state["best_loss"] = val_loss
-            state["best_state"] = _cpu_copy(network.state_dict())
+            state["best_state"] = _cpu_copy(step.network.state_dict())
         state["epoch"] = epoch
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, config, run_fingerprint, network, optimizer, scheduler, generator, state)
+            _save_checkpoint(checkpoint, config, run_fingerprint, step.network, step.optimizer,
+                             step.scheduler, generator, state)
 
-    kept = state["best_state"] if config.keep == "best_val_loss" and state["best_state"] else network.state_dict()
+    kept = state["best_state"] if config.keep == "best_val_loss" and state["best_state"] else step.network.state_dict()
     return TrainResult(_cpu_copy(kept), pd.DataFrame(state["history"]), pd.DataFrame(state["steps"]),
                        str(device), time.time() - started)
 

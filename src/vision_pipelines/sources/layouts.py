@@ -150,7 +150,7 @@ def scan_csv(root: Path, source: SourceConfig) -> Scan:
     train_csv = _find_one(root, source.train_csv)
     labels = _read_csv_rows(train_csv, root, source, "train", class_names, rows, skipped)
     if not class_names:
-        class_names = sorted(labels)
+        class_names = sorted(labels, key=_label_order)
     if source.test_csv:
         _read_csv_rows(_find_one(root, source.test_csv), root, source, "predict", class_names,
                        rows, skipped)
@@ -194,6 +194,11 @@ def _read_csv_rows(csv_path: Path, root: Path, source: SourceConfig, origin: str
         skipped.append({"file": _rel(on_disk[name], root), "label": None,
                         "reason": f"not listed in {csv_path.name}"})
     return found_labels
+
+
+def _label_order(label: str) -> tuple:
+    """Integer labels in numeric order ("2" before "10": output i is label i), then names."""
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 
 def _csv_label(raw: str, class_names: list[str]) -> str | None:
