@@ -108,13 +108,12 @@ def test_cifar10_train_and_test_class_folders(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("missing, settings", [
     ("Test", {"train_dir": "Training", "test_dir": "Test"}),
-    ("Training", {"train_dir": "Training"}),
     ("seg_pred", {"train_dir": "Training", "predict_dir": "seg_pred"}),
+    ("Train", {"train_dir": "Train"}),  # "Training" exists, but a name must match exactly
 ])
 def test_a_missing_configured_folder_is_named(tmp_path: Path, missing: str, settings: dict) -> None:
-    make_class_folders(tmp_path / "fruits-360" / "Training" if missing != "Training"
-                       else tmp_path / "fruits-360" / "train", ["a", "b"], 2)
-    with pytest.raises(LayoutError, match=f"no folder named '{missing}'"):
+    make_class_folders(tmp_path / "fruits-360" / "Training", ["a", "b"], 2)
+    with pytest.raises(LayoutError, match=f"no folder named '{missing}' within 3 levels"):
         scan(tmp_path, folders(**settings))
 
 
