@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import fast_params, make_project, run_kedro
 from vision_pipelines.pipelines.image_classification import nodes
@@ -40,3 +42,15 @@ def test_split_does_not_depend_on_the_order_files_were_written(fruits_like: Path
     first, _ = nodes.build_manifest(fruits_like, SOURCE, split)
     second, _ = nodes.build_manifest(shuffled, SOURCE, split)
     assert first.equals(second)
+
+
+def test_deterministic_option_forces_deterministic_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vision_pipelines import engine
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        engine.seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -140,6 +140,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (pays off on long GPU runs)
     checkpoint_path: str | None = None  # per-epoch checkpoint; a rerun resumes from it
     resume: bool = True  # False: ignore an existing checkpoint and start fresh
+    deterministic: bool = False  # CUDA: deterministic kernels only (slower); CPU is already
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -29,7 +29,7 @@ from .config import ImageConfig, TrainConfig
 log = logging.getLogger(__name__)
 
 # Settings that do not change what is learned: a checkpoint stays valid when only these differ.
-RUN_ONLY_SETTINGS = ("device", "checkpoint_path", "resume", "compile")
+RUN_ONLY_SETTINGS = ("device", "checkpoint_path", "resume", "compile", "deterministic")
 
 
 @dataclass
@@ -49,8 +49,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every generator; with ``deterministic``, also refuse non-deterministic CUDA kernels.
+
+    CPU training is repeatable bit for bit as it is. On CUDA, cuDNN picks algorithms per run and
+    some backward kernels use atomics, so results differ in the last bits unless deterministic
+    algorithms are forced (at some cost in speed).
+    """
     torch.manual_seed(seed)  # seeds the CPU and every CUDA device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS for it
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 def fingerprint(train_config: TrainConfig, image_config: ImageConfig, model_config: object,

@@ -109,7 +109,7 @@ def train_model(image_cache: dict[str, torch.Tensor], class_names: list[str], mo
     train_config = parse(TrainConfig, train_params, "train")
     train_x, train_y, _ = images.subset_tensors(image_cache, "train")
     val_x, val_y, _ = images.subset_tensors(image_cache, "val")
-    engine.seed_everything(train_config.seed)
+    engine.seed_everything(train_config.seed, train_config.deterministic)
     network = build_model(model_config, image_config.channels, len(class_names))
     log.info("training %s (%d parameters) on %d images, validating on %d", model_config.name,
              count_parameters(network), len(train_y), len(val_y))
