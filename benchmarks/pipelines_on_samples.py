@@ -12,10 +12,8 @@ on the samples in ``$DATASETS_DIR`` (default ``../shared/datasets``). Results go
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -23,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import PROJECT, SAMPLES, machine_line, machine_record, write_record
+from vision_pipelines import engine
 
-PROJECT = Path(__file__).resolve().parents[1]
-RESULTS = PROJECT / "benchmarks" / "results"
+# the ``kedro`` of this interpreter's environment, found without activating it
+KEDRO = str(Path(sys.executable).parent / "kedro")
 SAMPLE_FOLDERS = {"fruits": "fruits360", "garbage": "garbage", "intel": "intel",
                   "apparel": "apparel", "cifar10": "cifar10"}
 
@@ -39,7 +38,7 @@ def run_pipeline(dataset: str, source: Path, env: str, workdir: Path) -> dict:
     (project / "src").mkdir()
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(PROJECT / name, project / name)
-    command = ["kedro", "run", f"--pipelines={dataset}", f"--env={env}",
+    command = [KEDRO, "run", f"--pipelines={dataset}", f"--env={env}",
                f"--params={dataset}.source.kind=local,{dataset}.source.path={source}"]
     started = time.time()
     subprocess.run(command, cwd=project, check=True, capture_output=True,
@@ -54,27 +53,15 @@ def run_pipeline(dataset: str, source: Path, env: str, workdir: Path) -> dict:
         "val_accuracy": None if metrics["val_accuracy"] is None else round(metrics["val_accuracy"], 4),
         "train_images": card["training"]["train_images"], "model": card["model"]["name"],
         "image_size": card["input"]["size"], "epochs": card["training"]["epochs_run"],
-        "command": " ".join(command),
+        "command": " ".join(["kedro", *command[1:]]),
     }
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(SAMPLE_FOLDERS), choices=list(SAMPLE_FOLDERS))
     parser.add_argument("--env", default="cpu", help="Kedro environment (cpu or base)")
-    parser.add_argument("--samples", type=Path,
-                        default=Path(os.environ.get("DATASETS_DIR", PROJECT.parent / "shared" / "datasets")))
+    parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder of the samples ($DATASETS_DIR)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -82,25 +69,18 @@ def main() -> None:
             row = run_pipeline(dataset, (args.samples / SAMPLE_FOLDERS[dataset]).resolve(), args.env, Path(workdir))
             print(json.dumps(row))
             rows.append(row)
-    record = {
-        "date": datetime.date.today().isoformat(), "env": args.env,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
-        "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "runs": rows,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"pipelines_{args.env}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# Pipelines on the real samples, `--env={args.env}`", "",
-             f"{record['date']}, {record['device']}, {record['cores']} cores, torch {record['torch']}. "
-             f"Command: `{record['command']}`. Samples are a few hundred images: a sanity check, not a benchmark.",
-             "", "| pipeline | model, size, epochs | train images | evaluated on | accuracy | train time | wall time |",
+    record = {**machine_record(engine.resolve_device("auto")), "env": args.env, "runs": rows}
+    lines = [f"# Pipelines on the real samples, `--env={args.env}`", "", machine_line(record), "",
+             "Samples are a few hundred images: a sanity check, not a measure of the full datasets.", "",
+             "| pipeline | model, size, epochs | train images | evaluated on | accuracy | train time | wall time |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['model']}, {r['image_size']} px, {r['epochs']} | {r['train_images']} | "
                      f"{r['evaluated_on']} ({r['images_evaluated']}) | {r['accuracy']:.1%} | "
                      f"{r['train_seconds']:.0f} s | {r['wall_seconds']:.0f} s |")
-    (RESULTS / f"pipelines_{args.env}.md").write_text("\n".join(lines) + "\n")
+    paths = write_record(record, lines, f"pipelines_{args.env}")
     print("\n".join(lines))
+    print("wrote", *paths)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ pyproject.toml into a temporary folder and runs Kedro there.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +141,30 @@ def sample_dir(name: str) -> Path:
     if not folder.is_dir():
         pytest.skip(f"real sample {folder} not present (set DATASETS_DIR)")
     return folder
+
+
+class CutStreamHandler(http.server.BaseHTTPRequestHandler):
+    """Promises 100 kB, sends 1 kB, then hangs up: a network failure mid-download."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\0" * 1000)
+        self.wfile.flush()
+        self.connection.close()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def cut_stream_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A server on 127.0.0.1 that cuts every download short (no proxy in between)."""
+    for proxy in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutStreamHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()

@@ -11,7 +11,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
-from conftest import make_class_folders, make_contest_csv_layout, make_image
+from conftest import make_class_folders, make_contest_csv_layout
 from vision_pipelines.pipelines.image_classification import create_pipeline, create_template
 from vision_pipelines.pipelines.image_classification import nodes
 

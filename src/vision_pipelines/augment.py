@@ -23,9 +23,10 @@ def batch_flip_lr(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 def batch_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop of the original size from the image reflect-padded by ``padding`` pixels.
 
-    One gather for the whole batch, in the batch's own dtype (uint8 stays uint8): every image
-    gets its own offset in ``[-padding, padding]``, and indices that fall outside the image are
-    reflected back in, which is what cropping a reflect-padded image does.
+    One ``torch.gather`` over the flattened pixels of the whole batch, in the batch's own dtype
+    (uint8 stays uint8): every image gets its own offset in ``[-padding, padding]``, and indices
+    that fall outside the image are reflected back in, which is what cropping a reflect-padded
+    image does. (Indexing with four broadcast index tensors gives the same result 3x slower on CPU.)
     """
     if padding == 0:
         return images
@@ -35,9 +36,9 @@ def batch_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -
     dx = (_uniform(n, generator, device) * (2 * padding + 1)).long() - padding
     rows = _reflect(torch.arange(height, device=device)[None, :] + dy[:, None], height)  # [N, H]
     cols = _reflect(torch.arange(width, device=device)[None, :] + dx[:, None], width)  # [N, W]
-    batch_index = torch.arange(n, device=device)[:, None, None, None]
-    channel_index = torch.arange(channels, device=device)[None, :, None, None]
-    return images[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+    pixels = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, height * width)  # source pixel of each
+    flat = images.reshape(n, channels, height * width)
+    return flat.gather(2, pixels.expand(n, channels, height * width)).view(n, channels, height, width)
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:

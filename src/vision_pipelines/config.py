@@ -135,8 +135,8 @@ class TrainConfig:
     keep: str = "last"  # last | best_val_loss: which epoch's weights the run returns
     seed: int = 43  # weights init, batch order and augmentation
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
-    mixed_precision: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32
-    channels_last: bool = True  # memory format on CUDA
+    mixed_precision: bool = True  # bf16 autocast where the device runs bf16 natively (engine.has_fast_bf16); else fp32
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CUDA and on CPU
     compile: bool = False  # torch.compile the model (pays off on long GPU runs)
     checkpoint_path: str | None = None  # per-epoch checkpoint; a rerun resumes from it
     resume: bool = True  # False: ignore an existing checkpoint and start fresh

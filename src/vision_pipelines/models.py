@@ -29,6 +29,18 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
+class GlobalMaxPool(nn.Module):
+    """``[N, C, H, W] -> [N, C, 1, 1]``, the maximum over each feature map.
+
+    The same output as ``nn.AdaptiveMaxPool2d(1)``, but its backward (``amax``'s, which shares
+    the gradient among tied maxima) has a deterministic CUDA kernel, while adaptive max pooling's
+    has none: ``train.deterministic=true`` would refuse to train the model.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3), keepdim=True)
+
+
 class ResNet9(nn.Module):
     """The ResNet9 of the fast CIFAR-10 / fruits tutorials; ``width`` channels in the first block.
 
@@ -44,7 +56,7 @@ class ResNet9(nn.Module):
             conv_block(2 * w, 4 * w, pool=True),
             conv_block(4 * w, 8 * w, pool=True), Residual(8 * w),
         )
-        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+        self.classifier = nn.Sequential(GlobalMaxPool(), nn.Flatten(), nn.Dropout(dropout),
                                         nn.Linear(8 * w, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

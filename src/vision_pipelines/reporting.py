@@ -155,14 +155,22 @@ def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list
         used = rows[rows["used"]]
         per_class[name] = {"found": len(rows), "used": int(len(used)), "skipped": int((~rows["used"]).sum()),
                            **{s: int((used["subset"] == s).sum()) for s in ("train", "val", "test", "predict")}}
-    skipped = table[~table["used"]]
-    train_counts = [per_class.get(n, {}).get("train", 0) for n in class_names]
+    skipped = table[~table["used"]].assign(short_reason=lambda t: t["reason"].str.split(" \\(").str[0])
+    train_counts = {n: per_class.get(n, {}).get("train", 0) for n in class_names}
+    smallest = min(train_counts, key=train_counts.get, default=None)
+    largest = max(train_counts, key=train_counts.get, default=None)
     return {
         "found": len(table), "used": int(table["used"].sum()), "skipped": len(skipped),
         "subsets": {s: int((table["used"] & (table["subset"] == s)).sum()) for s in ("train", "val", "test", "predict")},
-        "skipped_by_reason": skipped["reason"].str.split(" \\(").str[0].value_counts().to_dict(),
+        "skipped_by_reason": skipped["short_reason"].value_counts().to_dict(),
+        "skipped_by_class": {name: rows["short_reason"].value_counts().to_dict()
+                             for name, rows in skipped.groupby("class", sort=True)},
         "skipped_files": skipped[["file", "label", "reason"]].head(1000).to_dict("records"),
-        "class_balance": {"classes": len(class_names), "min_train": min(train_counts, default=0),
-                          "max_train": max(train_counts, default=0)},
+        "class_balance": {  # training images per class
+            "classes": len(class_names), "min_train": train_counts.get(smallest, 0),
+            "max_train": train_counts.get(largest, 0), "smallest_class": smallest, "largest_class": largest,
+            "max_to_min_ratio": (round(train_counts[largest] / train_counts[smallest], 2)
+                                 if smallest is not None and train_counts[smallest] else None),
+        },
         "per_class": per_class,
     }

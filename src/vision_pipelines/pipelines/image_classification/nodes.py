@@ -74,6 +74,9 @@ def build_manifest(raw_images: Path, source: dict[str, Any],
         log.info("the source has no test set and split.test_fraction=0: reports use the validation set")
 
     skipped = found.skipped.assign(subset="skipped")
+    if len(skipped):
+        log.warning("skipping %d file(s) that are not usable images (e.g. %s: %s), "
+                    "counted in the data report", len(skipped), skipped["file"].iloc[0], skipped["reason"].iloc[0])
     manifest = pd.concat([rows.drop(columns="origin"), skipped], ignore_index=True)
     for subset, count in manifest["subset"].value_counts().items():
         log.info("manifest: %d %s image(s)", count, subset)
