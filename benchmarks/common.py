@@ -22,6 +22,9 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = PROJECT / "benchmarks" / "results"
 SAMPLES = Path(os.environ.get("DATASETS_DIR", PROJECT.parent / "shared" / "datasets"))
+# each dataset's sample, in its original layout, under SAMPLES
+SAMPLE_ROOTS = {"fruits": "fruits360", "garbage": "garbage", "intel": "intel", "apparel": "apparel",
+                "cifar10": "cifar10"}
 
 
 def project_parameters(dataset: str, env: str) -> dict[str, Any]:

@@ -21,13 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PROJECT, SAMPLES, machine_line, machine_record, write_record
+from common import PROJECT, SAMPLE_ROOTS, SAMPLES, machine_line, machine_record, write_record
 from vision_pipelines import engine
 
 # the ``kedro`` of this interpreter's environment, found without activating it
 KEDRO = str(Path(sys.executable).parent / "kedro")
-SAMPLE_FOLDERS = {"fruits": "fruits360", "garbage": "garbage", "intel": "intel",
-                  "apparel": "apparel", "cifar10": "cifar10"}
 
 
 def run_pipeline(dataset: str, source: Path, env: str, workdir: Path) -> dict:
@@ -59,14 +57,14 @@ def run_pipeline(dataset: str, source: Path, env: str, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(SAMPLE_FOLDERS), choices=list(SAMPLE_FOLDERS))
+    parser.add_argument("--datasets", nargs="+", default=list(SAMPLE_ROOTS), choices=list(SAMPLE_ROOTS))
     parser.add_argument("--env", default="cpu", help="Kedro environment (cpu or base)")
     parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder of the samples ($DATASETS_DIR)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for dataset in args.datasets:
-            row = run_pipeline(dataset, (args.samples / SAMPLE_FOLDERS[dataset]).resolve(), args.env, Path(workdir))
+            row = run_pipeline(dataset, (args.samples / SAMPLE_ROOTS[dataset]).resolve(), args.env, Path(workdir))
             print(json.dumps(row))
             rows.append(row)
     record = {**machine_record(engine.resolve_device("auto")), "env": args.env, "runs": rows}

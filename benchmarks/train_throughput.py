@@ -44,17 +44,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision import datasets, transforms
 
-from common import (RESULTS, SAMPLES, generate_class_folders, machine_line, machine_record, project_parameters,
-                    write_record)
+from common import (RESULTS, SAMPLE_ROOTS, SAMPLES, generate_class_folders, machine_line, machine_record,
+                    project_parameters, write_record)
 from vision_pipelines import engine, images
 from vision_pipelines.config import ImageConfig, ModelConfig, TrainConfig, parse
 from vision_pipelines.models import build_model
 
 PATHS = ("project", "reference", "ceiling")
-# Each sample's class folders (the training images), relative to $DATASETS_DIR.
-SAMPLE_FOLDERS = {"cifar10": "cifar10/train", "fruits": "fruits360/fruits-360/Training",
-                  "garbage": "garbage/Garbage classification/Garbage classification",
-                  "intel": "intel/seg_train/seg_train"}
+# The class folders of the training images inside each sample (apparel's is a CSV layout).
+TRAIN_FOLDERS = {"cifar10": "train", "fruits": "fruits-360/Training",
+                 "garbage": "Garbage classification/Garbage classification", "intel": "seg_train/seg_train"}
 TARGETS = {"project_over_ceiling": 0.9, "project_over_reference": {"cpu": 1.6, "cuda": 5.0}}
 
 
@@ -89,7 +88,7 @@ def make_setup(dataset: str = "cifar10", env: str = "cpu", folder: Path | None =
                 for name in ("images", "model", "train")}
     # no checkpoint (each window would write one), and never resume an earlier run
     sections["train"].update(checkpoint_path=None, resume=False)
-    return Setup(folder=Path(folder) if folder else SAMPLES / SAMPLE_FOLDERS[dataset], dataset=dataset, env=env,
+    return Setup(folder=Path(folder) if folder else SAMPLES / SAMPLE_ROOTS[dataset] / TRAIN_FOLDERS[dataset], dataset=dataset, env=env,
                  images=parse(ImageConfig, sections["images"], "images"),
                  model=parse(ModelConfig, sections["model"], "model"),
                  train=parse(TrainConfig, sections["train"], "train"), **timing)
@@ -227,7 +226,8 @@ def measure(setup: Setup, isolate: bool = True) -> dict[str, Any]:
     device = engine.resolve_device(setup.train.device)
     record = {**machine_record(device),
               "setup": {"dataset": setup.dataset, "env": setup.env, "data": str(setup.folder),
-                        "steps_per_window": setup.steps, "windows": setup.windows, "dataloader_workers": setup.workers, "images": dataclasses.asdict(setup.images),
+                        "steps_per_window": setup.steps, "windows": setup.windows,
+                        "dataloader_workers": setup.workers, "images": dataclasses.asdict(setup.images),
                         "model": dataclasses.asdict(setup.model), "train": dataclasses.asdict(setup.train),
                         "bf16_autocast": setup.train.mixed_precision and engine.has_fast_bf16(device),
                         "channels_last": setup.train.channels_last},
@@ -289,7 +289,7 @@ def markdown(record: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="cifar10", choices=sorted(SAMPLE_FOLDERS),
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(TRAIN_FOLDERS),
                         help="whose parameters (and sample) to use")
     parser.add_argument("--env", default="cpu", help="Kedro environment of the parameters: cpu, base, ...")
     parser.add_argument("--data", type=Path, help="class folders to read instead of the dataset's sample")
