@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,16 @@ def make_contest_csv_layout(root: Path, classes: int = 3, train_per_class: int =
     return root
 
 
+@pytest.fixture(autouse=True)
+def no_mlflow_run_left_open() -> Iterator[None]:
+    """Kedro runs share one process in tests: a run that fails leaves kedro-mlflow's MLflow run
+    active, which the next session would take over. End it after each test."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    while mlflow is not None and mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
 @pytest.fixture
 def fruits_like(tmp_path: Path) -> Path:
     """Fruits-360's layout nested as the Kaggle archive nests it: fruits-360/Training, Test."""
@@ -133,6 +144,13 @@ def fast_params(dataset: str, **sections) -> dict:
     for key, value in sections.items():
         params[f"{dataset}.{key.replace('__', '.')}"] = value
     return params
+
+
+def latest(path: Path) -> Path:
+    """The newest version of a versioned output: ``<path>/<newest timestamp>/<name>``."""
+    versions = sorted(p for p in Path(path).iterdir() if (p / Path(path).name).is_file())
+    assert versions, f"no version of {path}"
+    return versions[-1] / Path(path).name
 
 
 def sample_dir(name: str) -> Path:

@@ -11,9 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import fast_params, make_class_folders, make_contest_csv_layout, make_image, run_kedro
-from vision_pipelines import engine, images
-from vision_pipelines.models import model_from_card
+from conftest import fast_params, latest, make_class_folders, make_contest_csv_layout, make_image, run_kedro
+from vision_pipelines import engine
+from vision_pipelines.cache import ImageCache
+from vision_pipelines.config import ComputeConfig
+from vision_pipelines.loader import Loader, MemoryImages
+from vision_pipelines.model_card import load_model
 
 PLOTS = ["accuracy", "loss", "lr", "confusion", "per_class_accuracy", "error_gallery", "sample_batch"]
 
@@ -27,30 +30,31 @@ def test_fruits_pipeline_produces_every_artifact(kedro_project: Path, fruits_lik
     counts = manifest["subset"].value_counts().to_dict()
     assert counts == {"train": 29, "val": 7, "test": 12}  # 36 training images, 20 % validation
 
-    submission = pd.read_csv(data / "07_model_output/fruits/submission.csv")
+    submission = pd.read_csv(latest(data / "07_model_output/fruits/submission.csv"))
     assert list(submission.columns) == ["id", "label"]
     assert len(submission) == 12
-    assert set(submission["id"]) == set(manifest.loc[manifest["subset"] == "test", "file"])
+    # ids are paths below the folder every file sits in (fruits-360/), so they do not depend on it
+    assert set(submission["id"]) == {f.removeprefix("fruits-360/")
+                                     for f in manifest.loc[manifest["subset"] == "test", "file"]}
 
-    metrics = json.loads((data / "08_reporting/fruits/metrics.json").read_text())
+    metrics = json.loads(latest(data / "08_reporting/fruits/metrics.json").read_text())
     assert metrics["subset"] == "test" and metrics["images"] == 12
     assert 0 <= metrics["accuracy"] <= 1
     assert sum(map(sum, metrics["confusion_matrix"])) == 12
     for plot in PLOTS:
-        assert (data / f"08_reporting/fruits/{plot}.png").stat().st_size > 1000, plot
+        assert latest(data / f"08_reporting/fruits/{plot}.png").stat().st_size > 1000, plot
 
-    history = pd.read_csv(data / "08_reporting/fruits/training_history.csv")
+    history = pd.read_csv(latest(data / "08_reporting/fruits/training_history.csv"))
     assert list(history["epoch"]) == [1, 2, 3]
 
     # The saved model, rebuilt from its card alone, reproduces the saved predictions.
-    card = json.loads((data / "06_models/fruits/model_card.json").read_text())
-    network = model_from_card(card, load_file(data / "06_models/fruits/model.safetensors"))
-    cache = load_file(data / "05_model_input/fruits/image_cache.safetensors")
-    x, _, _ = images.subset_tensors(cache, "test")
-    logits = engine.predict_logits(network, x, torch.tensor(card["input"]["mean"]),
-                                   torch.tensor(card["input"]["std"]), 64, torch.device("cpu"))
-    predicted = [card["class_names"][i] for i in logits.argmax(1).tolist()]
-    predictions = pd.read_parquet(data / "07_model_output/fruits/predictions.parquet")
+    card, network = load_model(json.loads(latest(data / "06_models/fruits/model_card.json").read_text()),
+                               load_file(latest(data / "06_models/fruits/model.safetensors")))
+    cache = ImageCache(data / "05_model_input/fruits/image_cache")
+    loader = Loader.create(MemoryImages(cache.images("test")), cache.labels("test"), card.mean, card.std, 64,
+                           ComputeConfig(device="cpu"))
+    predicted = [card.class_names[i] for i in engine.predict(network, loader).argmax(1).tolist()]
+    predictions = pd.read_parquet(latest(data / "07_model_output/fruits/predictions.parquet"))
     assert predicted == predictions.loc[predictions["subset"] == "test", "predicted"].tolist()
 
 
@@ -96,9 +100,9 @@ def test_every_pipeline_runs_on_its_layout(dataset: str, kedro_project: Path, tm
     data = kedro_project / "data"
 
     manifest = pd.read_parquet(data / f"02_intermediate/{dataset}/manifest.parquet")
-    card = json.loads((data / f"06_models/{dataset}/model_card.json").read_text())
-    metrics = json.loads((data / f"08_reporting/{dataset}/metrics.json").read_text())
-    submission = pd.read_csv(data / f"07_model_output/{dataset}/submission.csv", dtype=str)
+    card = json.loads(latest(data / f"06_models/{dataset}/model_card.json").read_text())
+    metrics = json.loads(latest(data / f"08_reporting/{dataset}/metrics.json").read_text())
+    submission = pd.read_csv(latest(data / f"07_model_output/{dataset}/submission.csv"), dtype=str)
     assert card["input"]["channels"] == (1 if dataset == "apparel" else 3)
     # apparel's class names come from its configuration (all ten), the others' from the folders
     assert card["input"]["size"] == 16 and len(card["class_names"]) == (10 if dataset == "apparel" else 3)
@@ -106,7 +110,7 @@ def test_every_pipeline_runs_on_its_layout(dataset: str, kedro_project: Path, tm
     assert list(submission.columns) == columns
     assert len(submission) == (manifest["subset"] == submitted).sum() > 0
     for plot in PLOTS:
-        assert (data / f"08_reporting/{dataset}/{plot}.png").is_file(), plot
+        assert latest(data / f"08_reporting/{dataset}/{plot}.png").is_file(), plot
     if dataset == "apparel":  # the sample submission's row order, labels as class indices
         sample = pd.read_csv(next(root.glob("sample_submission*.csv")), dtype=str)
         assert submission["id"].tolist() == sample["id"].tolist()
@@ -129,7 +133,7 @@ def test_intel_base_recipe_fine_tunes_pretrained_resnet34(kedro_project: Path, t
     params = {"intel.source.kind": "local", "intel.source.path": str(root), "intel.images.size": 32,
               "intel.train.epochs": 1, "intel.train.batch_size": 16}
     run_kedro(kedro_project, "intel", params, env="base")
-    card = json.loads((kedro_project / "data/06_models/intel/model_card.json").read_text())
+    card = json.loads(latest(kedro_project / "data/06_models/intel/model_card.json").read_text())
     assert card["model"]["name"] == "resnet34" and card["pretrained_init"] is True
     assert card["input"]["mean"] == [0.485, 0.456, 0.406]
 

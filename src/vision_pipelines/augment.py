@@ -1,26 +1,31 @@
-"""The image data path, part 2: augmentation and normalisation of whole batches on the device.
+"""The image data path, part 3: augmentation and normalisation of whole batches on the device.
 
-Each helper takes a ``[N, C, H, W]`` batch and returns one of the same shape, drawing its
-randomness from an explicit ``torch.Generator`` so a seeded run is repeatable (and resumable).
+Each helper takes a ``[N, C, H, W]`` batch and returns one of the same shape. Randomness comes
+from ``draws``: uniform numbers drawn on the CPU from an explicit ``torch.Generator`` (so a
+seeded run is repeatable, resumable, and the same on CPU and CUDA), one column per image of the
+*global* batch; a distributed process augments its slice with its slice of the draws, so its
+images are augmented exactly as one process training the whole batch would augment them.
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def _uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    # Draw on the generator's device (the CPU), then move: identical numbers on CPU and CUDA.
-    return torch.rand(n, generator=generator).to(device, non_blocking=True)
+DRAWS_PER_IMAGE = 3  # crop row offset, crop column offset, flip
 
 
-def batch_flip_lr(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of the batch left-right."""
-    flip = _uniform(len(images), generator, images.device) < 0.5
+def random_draws(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``[DRAWS_PER_IMAGE, n]`` uniform numbers in [0, 1) for a batch of ``n`` images."""
+    return torch.rand(DRAWS_PER_IMAGE, n, generator=generator)
+
+
+def batch_flip_lr(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose draw is below 0.5: a random half of the batch."""
+    flip = draws.to(images.device, non_blocking=True) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def batch_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def batch_crop(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     """Random crop of the original size from the image reflect-padded by ``padding`` pixels.
 
     One ``torch.gather`` over the flattened pixels of the whole batch, in the batch's own dtype
@@ -32,8 +37,8 @@ def batch_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -
         return images
     n, channels, height, width = images.shape
     device = images.device
-    dy = (_uniform(n, generator, device) * (2 * padding + 1)).long() - padding
-    dx = (_uniform(n, generator, device) * (2 * padding + 1)).long() - padding
+    dy = (dy.to(device, non_blocking=True) * (2 * padding + 1)).long() - padding
+    dx = (dx.to(device, non_blocking=True) * (2 * padding + 1)).long() - padding
     rows = _reflect(torch.arange(height, device=device)[None, :] + dy[:, None], height)  # [N, H]
     cols = _reflect(torch.arange(width, device=device)[None, :] + dx[:, None], width)  # [N, W]
     pixels = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, height * width)  # source pixel of each
@@ -47,10 +52,10 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """The training augmentation: random crop then random flip."""
-    images = batch_crop(images, padding, generator)
-    return batch_flip_lr(images, generator) if flip else images
+def augment(images: torch.Tensor, padding: int, flip: bool, draws: torch.Tensor) -> torch.Tensor:
+    """The training augmentation: random crop then random flip, from ``random_draws``."""
+    images = batch_crop(images, padding, draws[0], draws[1])
+    return batch_flip_lr(images, draws[2]) if flip else images
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -1,17 +1,22 @@
 """Typed, validated views of one dataset's parameters (``conf/*/parameters_<dataset>.yml``).
 
-Every setting, its unit and its default live here, in one place. Nodes receive the raw dicts
-Kedro gives them and turn them into these dataclasses, so a typo or an impossible value fails
-with the setting's full name before any work starts (see ``hooks.ValidateParametersHook``).
+Every setting, its unit and its default live here, in one place. Nodes declare their
+parameters with these dataclasses and Kedro builds them (``kedro.validation``); before that,
+``hooks.ValidateParametersHook`` parses each dataset's parameters whole with ``parse_dataset``,
+so a typo, a wrong type or an impossible value stops the run with the setting's full name
+(``fruits.train.epochs must be an integer, got 2.5``) before any node runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-SOURCE_KINDS = ("local", "kaggle", "torchvision")
+SOURCE_KINDS = ("local", "kaggle", "torchvision", "url")
 LAYOUTS = ("folders", "csv")
 # Smallest input side each architecture accepts: the feature map must survive its poolings.
 MODEL_MIN_SIZE = {"resnet9": 8, "resnet18": 32, "resnet34": 32}
@@ -19,17 +24,94 @@ SUBSETS = ("train", "val", "test", "predict")
 
 
 class ConfigError(ValueError):
-    """A parameter is missing, unknown or out of range; the message names it."""
+    """A parameter is missing, unknown, of the wrong type or out of range; the message names it."""
+
+
+class Settings:
+    """Base of every settings section: checks each field's type, then the section's own rules.
+
+    Ints stay ints (``2.5`` epochs is refused, not truncated), a float setting accepts an int,
+    and a nested section given as a dict (from YAML) is built into its dataclass.
+    """
+
+    section = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _checked(getattr(self, f.name), hints[f.name], f"{self.section}.{f.name}")
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules beyond types (ranges, choices); subclasses raise ``ConfigError``."""
+
+    def __str__(self) -> str:  # what experiment trackers log: the settings, not the class
+        return json.dumps(dataclasses.asdict(self), default=str)
+
+
+def _checked(value: Any, hint: Any, name: str) -> Any:
+    """``value`` if it has type ``hint`` (converted where lossless), else a ``ConfigError``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _checked(value, hint, name)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, dict):
+            return parse(hint, value, name)
+        raise ConfigError(f"{name} must be a mapping of settings, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_checked(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # 3.0 epochs is 3 epochs
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, hint)
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return value
+
+
+def _check_choice(obj: Settings, name: str, choices: tuple) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ConfigError(f"{obj.section}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_range(obj: Settings, name: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = True) -> None:
+    """``low <= value < high`` (or with open/closed ends as given); None leaves an end unbounded."""
+    value = getattr(obj, name)
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not (too_low or too_high):
+        return
+    if high is None and low == 0:
+        wanted = "positive" if low_open else ">= 0"
+    elif high is None:
+        wanted = "a positive integer" if (low, low_open) == (1, False) else f"{'>' if low_open else '>='} {low}"
+    else:
+        wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    raise ConfigError(f"{obj.section}.{name} must be {wanted}, got {value}")
 
 
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(Settings):
     """Where the images come from and how their folders map to (file, label, subset)."""
 
-    kind: str = "local"  # local | kaggle | torchvision
-    path: str | None = None  # folder on disk (kind=local)
+    section = "source"
+    kind: str = "local"  # local | kaggle | torchvision | url
+    path: str | None = None  # folder on disk (kind=local); relative to where kedro runs
     dataset: str | None = None  # Kaggle "owner/slug", or a torchvision dataset class name
-    download_dir: str = "data/01_raw/downloads"  # where kaggle/torchvision downloads are kept
+    url: str | None = None  # kind=url: a Kaggle dataset/competition URL, a Google Drive link or an archive URL
     layout: str = "folders"  # folders | csv
     # layout=folders: folder names located anywhere up to 3 levels below the root
     train_dir: str | None = None  # labelled class folders; None: the root holds the class folders
@@ -43,87 +125,137 @@ class SourceConfig:
     label_column: str = "label"
     image_extension: str = ".png"
     class_names: list[str] | None = None  # names of integer labels 0..K-1, in order
+    timeout_s: float = 60.0  # a download that receives nothing for this long fails
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _check_choice(self, "kind", SOURCE_KINDS)
         _check_choice(self, "layout", LAYOUTS)
-        if self.kind == "local" and not self.path:
-            raise ConfigError("source.path is required when source.kind=local")
-        if self.kind in ("kaggle", "torchvision") and not self.dataset:
-            raise ConfigError(f"source.dataset is required when source.kind={self.kind}")
+        required = {"local": "path", "kaggle": "dataset", "torchvision": "dataset", "url": "url"}[self.kind]
+        if not getattr(self, required):
+            raise ConfigError(f"source.{required} is required when source.kind={self.kind}")
         if self.layout == "csv" and not self.train_csv:
             raise ConfigError("source.train_csv is required when source.layout=csv")
+        _check_range(self, "timeout_s", 0, low_open=True, high=None)
 
 
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Settings):
     """How labelled training images are divided, with ``torch.utils.data.random_split``."""
 
+    section = "split"
     val_fraction: float = 0.2  # share of the training images held out for validation
     test_fraction: float = 0.0  # share held out for testing when the source has no test set
     seed: int = 43  # generator seed: same seed, same split, on every machine
+    min_train_per_class: int = 5  # fewer training images than this: flagged in the data report
 
-    def __post_init__(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ConfigError(f"split.{name} must be in [0, 1), got {value}")
+    def validate(self) -> None:
+        _check_range(self, "val_fraction", 0, 1)
+        _check_range(self, "test_fraction", 0, 1)
         if not 0 < self.val_fraction + self.test_fraction < 1:
-            raise ConfigError(
-                "split.val_fraction + split.test_fraction must be in (0, 1), got "
-                f"{self.val_fraction + self.test_fraction}"
-            )
+            raise ConfigError("split.val_fraction + split.test_fraction must be in (0, 1), got "
+                              f"{self.val_fraction + self.test_fraction}")
+        _check_range(self, "min_train_per_class", 1, high=None)
 
 
 @dataclass(frozen=True)
-class ImageConfig:
-    """The tensor every image becomes: size, channels and normalisation."""
+class ImageConfig(Settings):
+    """The tensor every image becomes: size, channels and normalisation; and its cache."""
 
+    section = "images"
     size: int = 32  # pixels; images are resized (squashed) to size x size once, in the cache
     channels: int = 3  # 3 = RGB, 1 = greyscale
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel, in [0, 1]
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     decode_workers: int | None = None  # processes decoding images; None = all cores
+    shard_mb: int = 256  # the cache is written in shards of about this size
+    # A training set larger than this is streamed from the cache's shards rather than held in
+    # memory (GB; None = half the memory available when training starts).
+    max_memory_gb: float | None = None
 
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ConfigError(f"images.size must be positive, got {self.size}")
-        _check_choice(self, "channels", (1, 3), prefix="images")
+    def validate(self) -> None:
+        _check_range(self, "size", 1, high=None)
+        _check_choice(self, "channels", (1, 3))
         for name in ("mean", "std"):
             if len(getattr(self, name)) != self.channels:
-                raise ConfigError(
-                    f"images.{name} needs one value per channel ({self.channels}), "
-                    f"got {getattr(self, name)}"
-                )
+                raise ConfigError(f"images.{name} needs one value per channel ({self.channels}), "
+                                  f"got {getattr(self, name)}")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"images.std must be positive, got {self.std}")
+        _check_range(self, "decode_workers", 1, high=None)
+        _check_range(self, "shard_mb", 1, high=None)
+        _check_range(self, "max_memory_gb", 0, low_open=True, high=None)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """Which network to build; everything needed to rebuild it travels in the model card."""
 
+    section = "model"
     name: str = "resnet9"  # resnet9 | resnet18 | resnet34 (torchvision)
     width: int = 64  # resnet9: channels of the first block (doubles three times)
     dropout: float = 0.2  # before the classifier
     pretrained: bool = False  # torchvision ImageNet weights (resnet18/34 only)
 
-    def __post_init__(self) -> None:
-        _check_choice(self, "name", tuple(MODEL_MIN_SIZE), prefix="model")
-        if self.width < 1:
-            raise ConfigError(f"model.width must be positive, got {self.width}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+    def validate(self) -> None:
+        _check_choice(self, "name", tuple(MODEL_MIN_SIZE))
+        _check_range(self, "width", 1, high=None)
+        _check_range(self, "dropout", 0, 1)
         if self.pretrained and self.name == "resnet9":
             raise ConfigError("model.pretrained=true needs a torchvision model (resnet18/resnet34)")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ComputeConfig(Settings):
+    """Where and in which precision every stage that runs the network (train, evaluate, predict,
+    export checks) runs."""
+
+    section = "compute"
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    mixed_precision: bool = True  # bf16 autocast where the device runs bf16 natively; else fp32
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CUDA and on CPU
+
+    def validate(self) -> None:
+        _check_choice(self, "device", ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class DistributedConfig(Settings):
+    """Data-parallel training with torch.distributed; one process per device.
+
+    ``nproc_per_node * nnodes`` processes train together, each on its slice of every global
+    batch (``train.batch_size`` stays the global batch). Off (1 x 1) by default.
+    """
+
+    section = "train.distributed"
+    nproc_per_node: int = 1  # processes (devices) on this machine
+    nnodes: int = 1  # machines; each runs the same `kedro run ... --tags=train`
+    rdzv_endpoint: str | None = None  # host:port every machine reaches; None = this machine, a free port
+    rdzv_id: str = "vision-pipelines"  # names the job at the rendezvous
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    sync_batchnorm: bool = False  # batch-norm statistics over the global batch
+    timeout_s: int = 300  # a collective or rendezvous that waits longer fails the run
+
+    @property
+    def enabled(self) -> bool:
+        return self.nproc_per_node * self.nnodes > 1
+
+    def validate(self) -> None:
+        _check_range(self, "nproc_per_node", 1, high=None)
+        _check_range(self, "nnodes", 1, high=None)
+        _check_choice(self, "backend", ("auto", "nccl", "gloo"))
+        _check_range(self, "timeout_s", 1, high=None)
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ConfigError("train.distributed.rdzv_endpoint (host:port) is required when "
+                              "train.distributed.nnodes > 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
     """The optimisation recipe. Learning rates are per step; the schedule is one-cycle."""
 
+    section = "train"
     epochs: int = 4
-    batch_size: int = 128  # images per step
+    batch_size: int = 128  # images per optimizer step (the global batch under distributed)
     optimizer: str = "adam"  # adam | sgd (Nesterov, momentum 0.9)
     max_lr: float = 0.01  # peak of the one-cycle schedule
     pct_start: float = 0.25  # share of steps spent warming up to max_lr
@@ -134,58 +266,75 @@ class TrainConfig:
     flip: bool = True  # random horizontal flip
     keep: str = "last"  # last | best_val_loss: which epoch's weights the run returns
     seed: int = 43  # weights init, batch order and augmentation
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
-    mixed_precision: bool = True  # bf16 autocast where the device runs bf16 natively (engine.has_fast_bf16); else fp32
-    channels_last: bool = True  # NHWC memory format: faster convolutions on CUDA and on CPU
     compile: bool = False  # torch.compile the model (pays off on long GPU runs)
-    checkpoint_path: str | None = None  # per-epoch checkpoint; a rerun resumes from it
     resume: bool = True  # False: ignore an existing checkpoint and start fresh
     deterministic: bool = False  # CUDA: deterministic kernels only (slower); CPU is already
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"train.epochs must be a positive integer, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"train.batch_size must be positive, got {self.batch_size}")
-        if self.max_lr <= 0:
-            raise ConfigError(f"train.max_lr must be positive, got {self.max_lr}")
-        if not 0 < self.pct_start < 1:
-            raise ConfigError(f"train.pct_start must be in (0, 1), got {self.pct_start}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"train.grad_clip must be positive or null, got {self.grad_clip}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.crop_padding < 0:
-            raise ConfigError(f"train.crop_padding must be >= 0, got {self.crop_padding}")
-        _check_choice(self, "optimizer", ("adam", "sgd"), prefix="train")
-        _check_choice(self, "keep", ("last", "best_val_loss"), prefix="train")
-        _check_choice(self, "device", ("auto", "cpu", "cuda"), prefix="train")
+    def validate(self) -> None:
+        _check_range(self, "epochs", 1, high=None)
+        _check_range(self, "batch_size", 1, high=None)
+        _check_range(self, "max_lr", 0, low_open=True, high=None)
+        _check_range(self, "pct_start", 0, 1, low_open=True)
+        _check_range(self, "weight_decay", 0, high=None)
+        _check_range(self, "grad_clip", 0, low_open=True, high=None)
+        _check_range(self, "label_smoothing", 0, 1)
+        _check_range(self, "crop_padding", 0, high=None)
+        _check_choice(self, "optimizer", ("adam", "sgd"))
+        _check_choice(self, "keep", ("last", "best_val_loss"))
+        world = self.distributed.nproc_per_node * self.distributed.nnodes
+        if self.batch_size % world:
+            raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of the "
+                              f"{world} distributed processes (each trains on an equal slice)")
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Settings):
+    section = "evaluate"
     subset: str = "test"  # labelled subset the report is computed on (test, or val)
     gallery_size: int = 16  # most confident mistakes shown
     top_confused: int = 20  # confused class pairs listed and plotted
     tta_flip: bool = False  # average predictions with the horizontally flipped image
+    batch_size: int = 256  # images per forward pass
 
-    def __post_init__(self) -> None:
-        _check_choice(self, "subset", ("val", "test"), prefix="evaluate")
+    def validate(self) -> None:
+        _check_choice(self, "subset", ("val", "test"))
+        _check_range(self, "gallery_size", 0, high=None)
+        _check_range(self, "top_confused", 0, high=None)
+        _check_range(self, "batch_size", 1, high=None)
 
 
 @dataclass(frozen=True)
-class SubmissionConfig:
+class SubmissionConfig(Settings):
+    section = "submission"
     subset: str = "test"  # images predicted for submission.csv (test or predict)
-    id_from: str = "path"  # path (relative file path) | stem (file name without extension) | name
+    id_from: str = "path"  # path (relative to the subset's folder) | stem (name without extension) | name
     id_column: str = "id"
     label_column: str = "label"
     label_format: str = "name"  # name | index
     template: str | None = None  # glob of a sample submission whose columns and row order to copy
 
-    def __post_init__(self) -> None:
-        _check_choice(self, "subset", ("val", "test", "predict"), prefix="submission")
-        _check_choice(self, "id_from", ("path", "stem", "name"), prefix="submission")
-        _check_choice(self, "label_format", ("name", "index"), prefix="submission")
+    def validate(self) -> None:
+        _check_choice(self, "subset", ("val", "test", "predict"))
+        _check_choice(self, "id_from", ("path", "stem", "name"))
+        _check_choice(self, "label_format", ("name", "index"))
+
+
+@dataclass(frozen=True)
+class PredictConfig(Settings):
+    """``kedro run --pipelines=<dataset>_predict``: classify new images with the trained model."""
+
+    section = "predict"
+    input: str | None = None  # a folder of images (searched recursively) or one image
+    top_k: int = 3  # most likely classes listed per image
+    tta_flip: bool = False  # average with the mirrored image
+    batch_size: int = 256
+    grid_size: int = 32  # images shown in the predictions grid
+
+    def validate(self) -> None:
+        _check_range(self, "top_k", 1, high=None)
+        _check_range(self, "batch_size", 1, high=None)
+        _check_range(self, "grid_size", 0, high=None)
 
 
 @dataclass(frozen=True)
@@ -196,59 +345,43 @@ class DatasetConfig:
     split: SplitConfig
     images: ImageConfig
     model: ModelConfig
+    compute: ComputeConfig
     train: TrainConfig
     evaluate: EvaluateConfig
     submission: SubmissionConfig
+    predict: PredictConfig
 
     def __post_init__(self) -> None:
         min_size = MODEL_MIN_SIZE[self.model.name]
         if self.images.size < min_size:
-            raise ConfigError(
-                f"images.size={self.images.size} is too small for model.name={self.model.name}: "
-                f"it needs at least {min_size} pixels"
-            )
+            raise ConfigError(f"images.size={self.images.size} is too small for model.name="
+                              f"{self.model.name}: it needs at least {min_size} pixels")
 
 
-T = TypeVar("T")
-_SECTION_CLASSES = {
-    "source": SourceConfig,
-    "split": SplitConfig,
-    "images": ImageConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-    "submission": SubmissionConfig,
-}
+SECTIONS: dict[str, type[Settings]] = typing.get_type_hints(DatasetConfig)
 
 
-def parse(cls: type[T], params: dict[str, Any] | None, section: str) -> T:
+def parse(cls: type, params: dict[str, Any] | None, section: str | None = None):
     """Build ``cls`` from a parameter dict, rejecting unknown keys by name."""
+    section = section or cls.section
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"{section} must be a mapping of settings, got {params!r}")
     params = dict(params or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"{section}.{unknown[0]} is not a known setting (known: {sorted(known)})")
-    try:
-        return cls(**params)
-    except TypeError as error:  # e.g. a list where a number belongs
-        raise ConfigError(f"{section}: {error}") from None
+    return cls(**params)
 
 
 def parse_dataset(params: dict[str, Any], name: str = "dataset") -> DatasetConfig:
     """Validate every section of one dataset's parameters; errors name ``<name>.<section>.<key>``."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(_SECTION_CLASSES))
+    if not isinstance(params, dict):
+        raise ConfigError(f"{name} must be a mapping of settings sections, got {params!r}")
+    unknown = sorted(set(params) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{name}.{unknown[0]} is not a known section (known: {sorted(_SECTION_CLASSES)})")
+        raise ConfigError(f"{name}.{unknown[0]} is not a known section (known: {sorted(SECTIONS)})")
     try:
-        sections = {key: parse(cls, params.get(key), key) for key, cls in _SECTION_CLASSES.items()}
-        return DatasetConfig(**sections)
+        return DatasetConfig(**{key: parse(cls, params.get(key)) for key, cls in SECTIONS.items()})
     except ConfigError as error:
         raise ConfigError(f"{name}.{error}") from None  # errors read "fruits.train.epochs ..."
-
-
-def _check_choice(obj: Any, name: str, choices: tuple, prefix: str | None = None) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        section = prefix or type(obj).__name__.removesuffix("Config").lower()
-        raise ConfigError(f"{section}.{name} must be one of {list(choices)}, got {value!r}")

@@ -1,21 +1,133 @@
-"""A Kedro dataset for a folder of raw images, so the download stage has a catalog entry.
+"""Kedro datasets of this project: every artifact is replaced atomically.
 
-Saving a folder links ``path`` to it (a symlink: a local copy or a download cache is never
-duplicated); loading returns the folder. The link is replaced atomically, so ``path`` always
-points at a complete folder or at nothing.
+kedro-datasets' file datasets write straight into their target, so a kill, a crash or a full
+disk during a save leaves half a file, or an empty one where the previous run's was. The
+datasets here write aside and rename into place: the target is always the previous file or
+the new one, whole. A versioned dataset's new version only becomes visible (and loadable as
+the latest) once its file is complete, so a half-finished run is never taken for a finished one.
+
+- ``JSONDataset``, ``CSVDataset``, ``ParquetDataset``, ``MatplotlibDataset``,
+  ``SafetensorsDataset``: kedro-datasets' own, saved atomically.
+- ``ImageFolderDataset``: a link to the folder of raw images.
+- ``ImageCacheDataset``: the sharded uint8 image cache (``cache.py``), committed by its index.
+- ``FileDataset``: bytes, such as an exported ONNX or TorchScript model.
+- ``LocationDataset``: a place the project writes to during a node (the download cache, the
+  training checkpoint), resolved under the project root like every catalog path.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
+from kedro.io.core import get_filepath_str
+from kedro_datasets.json import JSONDataset as _JSONDataset
+from kedro_datasets.matplotlib import MatplotlibDataset as _MatplotlibDataset
+from kedro_datasets.pandas import CSVDataset as _CSVDataset
+from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
+from kedro_datasets_experimental.safetensors import SafetensorsDataset as _SafetensorsDataset
+
+from .cache import CacheBuild, ImageCache, write_cache
+
+PARTIAL = ".partial"
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place (hidden, in the same folder)."""
+    return path.with_name(f".{path.name}{PARTIAL}-{os.getpid()}")
+
+
+class AtomicSave:
+    """Mixin for kedro-datasets' file datasets: save to a partial file, sync it, rename it over
+    the target. Their own ``save`` writes to ``self._get_save_path()``, so it is pointed at the
+    partial file while it runs."""
+
+    _partial: PurePosixPath | None = None
+
+    def _get_save_path(self) -> PurePosixPath:
+        return self._partial or super()._get_save_path()
+
+    def save(self, data: Any) -> None:
+        if self._protocol != "file":
+            return _unwrapped(super().save)(self, data)
+        target = Path(get_filepath_str(super()._get_save_path(), self._protocol))
+        partial = partial_path(target)
+        self._partial = PurePosixPath(partial.as_posix())
+        try:
+            _unwrapped(super().save)(self, data)
+            with open(partial, "rb+") as file:
+                os.fsync(file.fileno())
+            os.replace(partial, target)
+        finally:
+            self._partial = None
+            partial.unlink(missing_ok=True)
+
+
+def _unwrapped(save):
+    """A kedro-datasets ``save`` without Kedro's wrapper (which the subclass's own save gets)."""
+    return getattr(save, "__wrapped__", save)
+
+
+class JSONDataset(AtomicSave, _JSONDataset):
+    """``json.JSONDataset``, saved atomically."""
+
+
+class CSVDataset(AtomicSave, _CSVDataset):
+    """``pandas.CSVDataset``, saved atomically."""
+
+
+class ParquetDataset(AtomicSave, _ParquetDataset):
+    """``pandas.ParquetDataset``, saved atomically; ``DataFrame.attrs`` (lineage) travel with it."""
+
+
+class MatplotlibDataset(AtomicSave, _MatplotlibDataset):
+    """``matplotlib.MatplotlibDataset`` (one figure), saved atomically."""
+
+
+class SafetensorsDataset(AtomicSave, _SafetensorsDataset):
+    """``safetensors.SafetensorsDataset``, saved atomically: loading never executes code."""
+
+
+class FileDataset(AbstractVersionedDataset[bytes, bytes]):
+    """A file's bytes (an ONNX or TorchScript model), versioned like the model it comes from."""
+
+    def __init__(self, *, filepath: str, version: Version | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(PurePosixPath(filepath), version)
+        self.metadata = metadata
+
+    def load(self) -> bytes:
+        return Path(self._get_load_path()).read_bytes()
+
+    def save(self, data: bytes) -> None:
+        target = Path(self._get_save_path())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = partial_path(target)
+        try:
+            with open(partial, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def _exists(self) -> bool:
+        return Path(self._get_load_path()).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "version": self._version}
 
 
 class ImageFolderDataset(AbstractDataset[Path, Path]):
-    """``data/01_raw/<dataset>``: a link to the folder holding the dataset's images."""
+    """``data/01_raw/<dataset>``: a link to the folder holding the dataset's images.
+
+    Saving a folder links ``path`` to it (a symlink: a local copy or a download cache is never
+    duplicated); loading returns the folder. The link is replaced atomically, so ``path`` always
+    points at a complete folder or at nothing.
+    """
 
     def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
         self._path = Path(path)
@@ -41,6 +153,54 @@ class ImageFolderDataset(AbstractDataset[Path, Path]):
         staging.unlink(missing_ok=True)
         staging.symlink_to(folder, target_is_directory=True)
         os.replace(staging, self._path)
+
+    def _exists(self) -> bool:
+        return self._path.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class ImageCacheDataset(AbstractDataset[CacheBuild, ImageCache]):
+    """``data/05_model_input/<dataset>/image_cache``: the uint8 image cache (``cache.py``).
+
+    Saving a ``CacheBuild`` decodes its images into shards and commits them; loading gives an
+    ``ImageCache``, which reads a subset whole or streams it.
+    """
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> ImageCache:
+        return ImageCache(self._path)
+
+    def save(self, data: CacheBuild) -> None:
+        write_cache(self._path, data)
+
+    def _exists(self) -> bool:
+        return (self._path / "index.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class LocationDataset(AbstractDataset[None, Path]):
+    """A file or folder the project writes to while a node runs; loading gives its absolute path.
+
+    Catalog paths are resolved under the project root, so ``kedro run`` from any folder (a
+    notebook's, say) writes in the same place, and each dataset's namespace gives it its own.
+    """
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> Path:
+        return self._path.absolute()
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._path} is written by the node that uses it, not saved")
 
     def _exists(self) -> bool:
         return self._path.exists()

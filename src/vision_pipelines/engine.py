@@ -1,53 +1,45 @@
-"""The training engine: one function that trains on CUDA or CPU from uint8 tensor caches.
+"""The training engine: one training function for one device or many (torch.distributed).
 
-The whole data path stays on the training device: batches are gathered from the cached uint8
-tensors, augmented and normalised there, with no per-sample Python and no per-step host sync
-except an occasional progress-bar update. Each epoch ends with an atomic checkpoint, a plain
-dict ``{model, optimizer, scheduler, epoch, config, ...}``, from which a rerun resumes. It holds
-no gradient scaler: mixed precision is bf16 autocast, which needs none.
+``train(job)`` builds the network and its loaders from the image cache and calls ``fit``; the
+train node calls it in-process, or in every process of a distributed job (``distributed.py``),
+as nanoGPT's one script serves one GPU or many: each process trains on its slice of every
+batch, gradients are averaged by DistributedDataParallel, and only rank 0 writes.
+
+The data path stays on the training device (``loader.Loader``). After every epoch a
+``CheckpointSaver`` writes the whole run state atomically, and a rerun resumes from it. Mixed
+precision is bf16 autocast, which needs no gradient scaler.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import logging
+import math
 import os
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .augment import augment, normalize
-from .config import ImageConfig, TrainConfig
+from .cache import ImageCache, ShardedImages
+from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
+from .loader import Loader, MemoryImages
+from .models import build_model, count_parameters
+from .console import Progress, format_seconds
 
 log = logging.getLogger(__name__)
 
 # Settings that do not change what is learned: a checkpoint stays valid when only these differ.
-RUN_ONLY_SETTINGS = ("device", "checkpoint_path", "resume", "compile", "deterministic")
-
-
-@dataclass
-class TrainResult:
-    state_dict: dict[str, torch.Tensor]  # the weights the run keeps (train.keep)
-    history: pd.DataFrame  # one row per epoch
-    steps: pd.DataFrame  # one row per optimizer step: learning rate and loss
-    device: str
-    seconds: float  # training wall time, this process only
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=auto")
-    return torch.device(name)
+RUN_ONLY_SETTINGS = ("resume", "compile", "deterministic")
+CPU_WARNING_SECONDS = 1800  # a CPU run expected to take longer than this gets a warning
+RECENT_STEPS = 20  # the progress bar's loss and accuracy are over this many recent batches
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -64,34 +56,28 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def fingerprint(train_config: TrainConfig, image_config: ImageConfig, model_config: object,
-                *tensors: torch.Tensor) -> str:
-    """A hash of everything that determines training: settings and the training data itself."""
-    digest = hashlib.sha256()
-    settings = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in RUN_ONLY_SETTINGS}
-    digest.update(repr((settings, dataclasses.asdict(image_config), dataclasses.asdict(model_config))).encode())
-    for tensor in tensors:
-        digest.update(repr((tensor.dtype, tuple(tensor.shape))).encode())
-        digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
-    return digest.hexdigest()
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes training together (0, 1 when alone)."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 class TrainStep:
-    """One optimizer step from a uint8 batch: augment, normalise, forward, backward, clip, step.
+    """One optimizer step on a ready batch: forward, backward, clip, step, schedule.
 
     ``fit`` runs it over epochs; ``benchmarks/train_throughput.py`` times the very same code.
     """
 
-    def __init__(self, network: nn.Module, config: TrainConfig, image_config: ImageConfig,
-                 device: torch.device, total_steps: int) -> None:
-        self.config, self.device = config, device
-        # NHWC: the layout cuDNN's and oneDNN's (CPU) fastest convolution kernels work in.
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.amp = config.mixed_precision and has_fast_bf16(device)  # bf16 needs no GradScaler
-        self.network = network.to(device, memory_format=self.memory_format)
-        self.model = torch.compile(self.network) if config.compile else self.network
-        self.mean = torch.tensor(image_config.mean, device=device)
-        self.std = torch.tensor(image_config.std, device=device)
+    def __init__(self, network: nn.Module, config: TrainConfig, loader: Loader, total_steps: int) -> None:
+        self.config, self.loader = config, loader
+        if dist.is_initialized() and config.distributed.sync_batchnorm:
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        self.network = network.to(loader.device, memory_format=loader.memory_format)
+        self.model: nn.Module = self.network
+        if dist.is_initialized():
+            device_ids = [loader.device] if loader.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.network, device_ids=device_ids)
+        if config.compile:
+            self.model = torch.compile(self.model)
         self.optimizer = _optimizer(self.network, config)
         # OneCycleLR divides by (pct_start * total_steps - 1): a warm-up of exactly one step
         # (e.g. 4 steps at 0.25) would crash it, so stretch that warm-up a hair past the step.
@@ -99,16 +85,9 @@ class TrainStep:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=config.max_lr, total_steps=total_steps, pct_start=pct_start)
 
-    def __call__(self, batch: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train on uint8 ``batch``; returns the (detached) loss and logits, without a host sync."""
-        images = augment(batch, self.config.crop_padding, self.config.flip, generator)
-        return self.forward_backward(normalize(images, self.mean, self.std), labels)
-
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's own work on a ready float batch: what a data path cannot make faster."""
-        images = images.contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on a normalised batch; returns the (detached) loss and logits, without a host sync."""
+        with self.loader.autocast():
             logits = self.model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -120,175 +99,115 @@ class TrainStep:
         return loss.detach(), logits.detach()
 
 
-def has_fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds ``device`` up: CUDA GPUs with bf16 (Ampere and later), and
-    CPUs with bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs ResNet9's train step 1.28x
-    faster than in fp32 on a 2-core EPYC (benchmarks/results/train_throughput_cpu*.md). Other CPUs
-    would only emulate bf16, slowly."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+@dataclass
+class RunState:
+    """Everything a run has done so far: what a checkpoint saves and a resumed run continues."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    steps: list[dict] = field(default_factory=list)  # one row per optimizer step
+    best_loss: float = math.inf
+    best_epoch: int | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def record(self, row: dict, network: nn.Module, keep: str) -> None:
+        """Add an epoch's row, and keep its weights when they are the best so far."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        if keep == "best_val_loss" and row["val_loss"] < self.best_loss:
+            self.best_loss, self.best_epoch = row["val_loss"], row["epoch"]
+            self.best_weights = cpu_copy(network.state_dict())
+
+    def kept(self, network: nn.Module, keep: str) -> tuple[int, dict[str, torch.Tensor]]:
+        """The epoch whose weights the run returns (``train.keep``), and those weights."""
+        if keep == "best_val_loss" and self.best_weights is not None:
+            return self.best_epoch, self.best_weights
+        return self.epoch, cpu_copy(network.state_dict())
 
 
-def epoch_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator,
-                  device: torch.device):
-    """Shuffled ``(uint8 batch, labels)`` pairs on ``device``, gathered straight from the cache.
+class CheckpointSaver:
+    """The run state in one file, replaced after every epoch (as timm's ``CheckpointSaver``).
 
-    A last batch of one image is dropped: batch norm cannot train on it.
+    The file is written whole to a temporary name, then renamed: a kill at any moment leaves
+    the previous checkpoint intact. A checkpoint is used only by a run with the same
+    ``fingerprint`` (settings and training data); under torch.distributed, rank 0 alone reads
+    and writes it, and hands what it read to the other processes.
     """
-    order = torch.randperm(len(labels), generator=generator)  # drawn on the CPU: same order anywhere
-    # The order goes to the cache's device once per epoch: a blocking copy per step would make the
-    # host wait for the GPU to finish each step before it could queue the next one.
-    image_order, label_order = order.to(images.device), order.to(labels.device)
-    # A cache too large for the GPU stays in pinned host memory; a batch gathered from it is pinned
-    # too, so that its copy to the GPU is truly asynchronous.
-    pin = images.device.type == "cpu" and device.type == "cuda"
-    for start in range(0, len(order), batch_size):
-        if len(order) - start < 2 and start > 0:
-            break
-        batch = images[image_order[start:start + batch_size]]
-        yield ((batch.pin_memory() if pin else batch).to(device, non_blocking=True),
-               labels[label_order[start:start + batch_size]].to(device, non_blocking=True))
+
+    def __init__(self, path: Path | None, fingerprint: str, resume: bool = True) -> None:
+        self.path, self.fingerprint, self.resume = (Path(path) if path else None), fingerprint, resume
+
+    def save(self, step: TrainStep, generator: torch.Generator, state: RunState, config: TrainConfig) -> None:
+        if self.path is None or rank_and_world()[0] != 0:
+            return
+        payload = {
+            "fingerprint": self.fingerprint, "config": dataclasses.asdict(config),
+            "model": step.network.state_dict(), "optimizer": step.optimizer.state_dict(),
+            "scheduler": step.scheduler.state_dict(), "generator": generator.get_state(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "state": vars(state),
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)  # serialised first: a full disk then fails on a plain write
+        write_atomically(self.path, buffer.getbuffer())
+
+    def restore(self, step: TrainStep, generator: torch.Generator, config: TrainConfig) -> RunState:
+        """The saved run state loaded into ``step`` and ``generator``; a fresh one when there is
+        no usable checkpoint."""
+        saved = self._read(config) if rank_and_world()[0] == 0 else None
+        if dist.is_initialized():
+            shared = [saved]
+            dist.broadcast_object_list(shared, src=0)
+            saved = shared[0]
+        if saved is None:
+            return RunState()
+        step.network.load_state_dict(saved["model"])
+        step.optimizer.load_state_dict(saved["optimizer"])
+        step.scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if saved["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        state = RunState(**saved["state"])
+        log.info("resuming from %s after epoch %d of %d", self.path, state.epoch, config.epochs)
+        return state
+
+    def _read(self, config: TrainConfig) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        if not self.resume:
+            log.info("train.resume=false: ignoring checkpoint %s and training from scratch", self.path)
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)  # never executes code
+        except Exception as error:  # noqa: BLE001 - a damaged checkpoint only costs a fresh start
+            log.warning("checkpoint %s is unreadable (%s): training from scratch", self.path, error)
+            return None
+        if saved.get("fingerprint") != self.fingerprint:
+            log.info("checkpoint %s was made with other settings or data (%s): training from scratch",
+                     self.path, _changes(saved.get("config") or {}, config))
+            return None
+        return saved
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return max(1, n // batch_size + (n % batch_size >= 2))
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """``path`` holds either its old content or ``data``, whole: written aside, synced, renamed.
 
-
-def fit(network: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
-        val_images: torch.Tensor, val_labels: torch.Tensor, config: TrainConfig,
-        image_config: ImageConfig, run_fingerprint: str = "") -> TrainResult:
-    """Train ``network`` with one-cycle ``config`` on uint8 ``[N, C, H, W]`` images."""
-    started = time.time()
-    device = resolve_device(config.device)
-    train_images = _to_device(train_images, device)
-    train_labels = train_labels.to(device)
-    per_epoch = steps_per_epoch(len(train_labels), config.batch_size)
-    step = TrainStep(network, config, image_config, device, total_steps=config.epochs * per_epoch)
-    generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
-    state = {"epoch": 0, "history": [], "steps": [], "best_loss": float("inf"), "best_state": None}
-    checkpoint = Path(config.checkpoint_path) if config.checkpoint_path else None
-    if checkpoint is not None:
-        _resume(checkpoint, config, run_fingerprint, step.network, step.optimizer, step.scheduler, generator, state)
-
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
-        step.network.train()
-        epoch_started = time.time()
-        losses, correct, seen = [], torch.zeros((), device=device, dtype=torch.int64), 0
-        batches = epoch_batches(train_images, train_labels, config.batch_size, generator, device)
-        bar = tqdm(batches, total=per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   disable=not sys.stderr.isatty(), unit="batch")
-        for batch, labels in bar:
-            state["steps"].append({"step": len(state["steps"]) + 1, "epoch": epoch,
-                                   "lr": step.scheduler.get_last_lr()[0]})
-            loss, logits = step(batch, labels, generator)
-            seen += len(labels)
-            losses.append(loss)
-            correct += (logits.argmax(1) == labels).sum()
-            if len(losses) % 20 == 1 and not bar.disable:  # the only host sync in the loop
-                bar.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{correct.item() / seen:.3f}")
-        step_losses = torch.stack(losses).float().cpu().tolist()
-        for row, value in zip(state["steps"][-len(step_losses):], step_losses):
-            row["loss"] = value
-        val_loss, val_accuracy = evaluate(step.model, val_images, val_labels, step.mean, step.std,
-                                          config.batch_size, device, step.memory_format, step.amp)
-        row = {"epoch": epoch, "train_loss": sum(step_losses) / len(step_losses),
-               "train_accuracy": correct.item() / seen,
-               "val_loss": val_loss, "val_accuracy": val_accuracy,
-               "lr": state["steps"][-1]["lr"], "seconds": time.time() - epoch_started}
-        state["history"].append(row)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
-                 config.epochs, row["train_loss"], val_loss, val_accuracy, row["seconds"])
-        if config.keep == "best_val_loss" and val_loss < state["best_loss"]:
-            state["best_loss"] = val_loss
-            state["best_state"] = _cpu_copy(step.network.state_dict())
-        state["epoch"] = epoch
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, config, run_fingerprint, step.network, step.optimizer,
-                             step.scheduler, generator, state)
-
-    kept = state["best_state"] if config.keep == "best_val_loss" and state["best_state"] else step.network.state_dict()
-    return TrainResult(_cpu_copy(kept), pd.DataFrame(state["history"]), pd.DataFrame(state["steps"]),
-                       str(device), time.time() - started)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-             std: torch.Tensor, batch_size: int, device: torch.device,
-             memory_format: torch.memory_format = torch.contiguous_format,
-             amp: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on a labelled set (NaN when it is empty)."""
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    logits = predict_logits(model, images, mean, std, batch_size, device, memory_format, amp)
-    labels = labels.to(logits.device)
-    loss = F.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return loss, accuracy
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   batch_size: int, device: torch.device,
-                   memory_format: torch.memory_format = torch.contiguous_format, amp: bool = False,
-                   tta_flip: bool = False) -> torch.Tensor:
-    """Logits ``[N, classes]`` (float32, on ``device``) for uint8 images, in eval mode."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device, non_blocking=True)
-        batch = normalize(batch, mean.to(device), std.to(device)).contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch).float()
-            if tta_flip:  # average the image and its mirror
-                logits = (logits + model(batch.flip(-1)).float()) / 2
-        outputs.append(logits)
-    model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0, device=device)
-
-
-def _optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(network.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(network.parameters(), lr=config.max_lr, momentum=0.9, nesterov=True,
-                           weight_decay=config.weight_decay)
-
-
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Keep the uint8 cache on the GPU when it fits in half the free memory; else pin it."""
-    if device.type != "cuda":
-        return images
-    free, _ = torch.cuda.mem_get_info(device)
-    if images.numel() < free // 2:
-        return images.to(device)
-    log.info("image cache (%.1f GB) does not fit on %s: streaming from pinned memory",
-             images.numel() / 1e9, device)
-    return images.pin_memory()
-
-
-def _cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU copies: channels_last weights would otherwise keep their NHWC strides,
-    which safetensors refuses to save."""
-    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True) for k, v in state_dict.items()}
-
-
-def _save_checkpoint(path: Path, config: TrainConfig, run_fingerprint: str, network: nn.Module,
-                     optimizer, scheduler, generator: torch.Generator, state: dict) -> None:
-    """Write the checkpoint next to ``path`` and rename it over ``path``: never half a file."""
-    payload = {
-        "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "epoch": state["epoch"],
-        "config": dataclasses.asdict(config), "fingerprint": run_fingerprint,
-        "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "history": state["history"], "steps": state["steps"],
-        "best": {"loss": state["best_loss"], "state": state["best_state"]},
-    }
+    A full disk fails with "No space left on device" naming the file, and the old file stays.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise OSError(error.errno, f"could not write {path} ({len(data) / 1e6:.1f} MB): "
+                                   f"{error.strerror}; the previous file is unchanged") from error
 
 
 def _changes(saved_config: dict, config: TrainConfig) -> str:
@@ -299,32 +218,217 @@ def _changes(saved_config: dict, config: TrainConfig) -> str:
     return ", ".join(changed) or "the training images, or the image or model settings, differ"
 
 
-def _resume(path: Path, config: TrainConfig, run_fingerprint: str, network: nn.Module, optimizer,
-            scheduler, generator: torch.Generator, state: dict) -> None:
-    if not config.resume:
-        if path.exists():
-            log.info("train.resume=false: ignoring checkpoint %s and training from scratch", path)
-        return
-    if not path.exists():
-        return
+@dataclass
+class TrainResult:
+    weights: dict[str, torch.Tensor]  # the weights the run keeps (train.keep)
+    kept_epoch: int
+    history: pd.DataFrame  # one row per epoch
+    steps: pd.DataFrame  # one row per optimizer step: learning rate and loss
+    device: str
+    precision: str
+    world_size: int
+    seconds: float  # training wall time, this run only
+
+
+def train_one_epoch(step: TrainStep, loader: Loader, epoch: int, state: RunState,
+                    eta: EtaReport | None = None) -> dict:
+    """One pass over ``loader``; returns the epoch's train loss and accuracy (all processes')."""
+    step.network.train()
+    rank, world = rank_and_world()
+    bar = Progress(len(loader), f"epoch {epoch}/{step.config.epochs}", unit="batch", enabled=rank == 0)
+    losses, hits, seen = [], [], 0
+    for images, labels in loader:
+        state.steps.append({"step": len(state.steps) + 1, "epoch": epoch, "lr": step.scheduler.get_last_lr()[0]})
+        loss, logits = step(images, labels)
+        losses.append(loss)
+        hits.append((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        bar.update()
+        if len(losses) % RECENT_STEPS == 0 and rank == 0:  # the only host sync in the loop
+            recent = slice(-RECENT_STEPS, None)
+            bar.postfix(loss=f"{torch.stack(losses[recent]).mean().item():.3f}",
+                        accuracy=f"{torch.stack(hits[recent]).sum().item() / (RECENT_STEPS * len(labels)):.3f}")
+        if eta is not None:
+            eta.step()
+    bar.close()
+    totals = torch.stack([torch.stack(losses).float().sum(), torch.stack(hits).sum().float(),
+                          torch.tensor(float(seen), device=loss.device)])
+    step_losses = torch.stack(losses).float()
+    if world > 1:  # every process reports the same, global, figures
+        dist.all_reduce(totals)
+        dist.all_reduce(step_losses)
+        step_losses /= world
+    for row, value in zip(state.steps[-len(losses):], step_losses.cpu().tolist()):
+        row["loss"] = value
+    return {"train_loss": totals[0].item() / len(losses) / world, "train_accuracy": totals[1].item() / totals[2].item()}
+
+
+class EtaReport:
+    """After the first steps, one line with the expected training time, and a warning when a CPU
+    run would take hours (a GPU recipe on a laptop)."""
+
+    def __init__(self, total_steps: int, device: torch.device, after_steps: int = 10) -> None:
+        self.total, self.device, self.after = total_steps, device, min(after_steps, total_steps)
+        self.done, self.started = 0, time.time()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done != self.after:
+            return
+        seconds = (time.time() - self.started) / self.done * self.total
+        log.info("about %s of training for %d steps (%s per step)", format_seconds(seconds), self.total,
+                 format_seconds((time.time() - self.started) / self.done) if self.done else "?")
+        if self.device.type == "cpu" and seconds > CPU_WARNING_SECONDS:
+            log.warning("training on the CPU will take about %s with these settings, which are sized "
+                        "for a GPU. `kedro run --env=cpu ...` trains a CPU-sized recipe in minutes.",
+                        format_seconds(seconds))
+
+
+def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
+        checkpoint: CheckpointSaver | None = None) -> TrainResult:
+    """Train ``network`` with ``config``'s one-cycle recipe on ``train``, validating on ``val``
+    after each epoch; resumes from ``checkpoint`` and saves to it every epoch."""
+    started = time.time()
+    rank, world = rank_and_world()
+    total_steps = config.epochs * len(train)
+    step = TrainStep(network, config, train, total_steps)
+    train.generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
+    checkpoint = checkpoint or CheckpointSaver(None, "")
+    state = checkpoint.restore(step, train.generator, config)
+    eta = EtaReport(total_steps - len(state.steps), train.device) if rank == 0 and state.epoch < config.epochs else None
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        epoch_started = time.time()
+        row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta)}
+        _share_buffers(step.network)
+        row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
+        row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
+        state.record(row, step.network, config.keep)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
+                 config.epochs, row["train_loss"], row["val_loss"], row["val_accuracy"], row["seconds"])
+        checkpoint.save(step, train.generator, state, config)
+    kept_epoch, weights = state.kept(step.network, config.keep)
+    return TrainResult(weights, kept_epoch, pd.DataFrame(state.history), pd.DataFrame(state.steps),
+                       str(train.device), train.precision, world, time.time() - started)
+
+
+def _share_buffers(network: nn.Module) -> None:
+    """Give every process rank 0's batch-norm statistics, so all hold the same model."""
+    if dist.is_initialized():
+        for buffer in network.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Loader, tta_flip: bool = False) -> torch.Tensor:
+    """Logits ``[N, classes]`` (float32, on the loader's device) for every image of ``loader``,
+    in order, in eval mode; with ``tta_flip``, averaged with the mirrored image's."""
+    was_training = model.training
+    model = model.to(loader.device, memory_format=loader.memory_format).eval()
+    outputs = []
+    for images, _ in loader:
+        with loader.autocast():
+            logits = model(images).float()
+            if tta_flip:
+                logits = (logits + model(images.flip(-1)).float()) / 2
+        outputs.append(logits)
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0, device=loader.device)
+
+
+def evaluate(model: nn.Module, loader: Loader, tta_flip: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on a labelled loader (NaN when it is empty)."""
+    if len(loader.labels) == 0:
+        return float("nan"), float("nan")
+    logits = predict(model, loader, tta_flip)
+    labels = loader.labels.to(logits.device)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies: channels_last weights would otherwise keep their NHWC strides,
+    which safetensors refuses to save."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True) for k, v in state_dict.items()}
+
+
+def _optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(network.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(network.parameters(), lr=config.max_lr, momentum=0.9, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+# --- the training job: what the train node runs, in one process or in each of many -------------
+
+
+@dataclass
+class TrainingJob:
+    """Everything a training process needs; small to pickle (the cache travels as its folder)."""
+
+    cache: ImageCache
+    model: ModelConfig
+    images: ImageConfig
+    train: TrainConfig
+    compute: ComputeConfig
+    checkpoint_path: Path | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """What determines the trained weights: settings and training data, not where they run."""
+        settings = {k: v for k, v in dataclasses.asdict(self.train).items()
+                    if k not in (*RUN_ONLY_SETTINGS, "distributed")}
+        # Of the distributed settings, the number of processes (each one's batch-norm batch)
+        # and batch-norm synchronisation change what is learned; where they run does not.
+        key = (settings, dataclasses.asdict(self.model), dataclasses.asdict(self.images),
+               self.cache.fingerprint, rank_and_world()[1], self.train.distributed.sync_batchnorm)
+        return hashlib.sha256(repr(key).encode()).hexdigest()
+
+
+def subset_images(cache: ImageCache, subset: str, limit_bytes: float) -> MemoryImages | ShardedImages:
+    """A subset in memory when it fits in ``limit_bytes``, else streamed from the cache's shards."""
+    if cache.nbytes(subset) <= limit_bytes:
+        return MemoryImages(cache.images(subset))
+    log.info("%s images (%.1f GB) exceed the memory limit (%.1f GB): streaming them from %s",
+             subset, cache.nbytes(subset) / 1e9, limit_bytes / 1e9, cache.folder)
+    return cache.stream(subset)
+
+
+def memory_limit_bytes(images: ImageConfig) -> float:
+    """``images.max_memory_gb``, or half the memory available now."""
+    if images.max_memory_gb is not None:
+        return images.max_memory_gb * 1e9
+    return available_memory_bytes() / 2
+
+
+def available_memory_bytes() -> int:
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)  # never executes code
-    except Exception as error:  # noqa: BLE001 - a damaged checkpoint only costs a fresh start
-        log.warning("checkpoint %s is unreadable (%s): training from scratch", path, error)
-        return
-    if saved.get("fingerprint") != run_fingerprint:
-        log.info("checkpoint %s was made with other settings or data (%s): training from scratch",
-                 path, _changes(saved.get("config") or {}, config))
-        return
-    network.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    generator.set_state(saved["rng"]["generator"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    if saved["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    state.update(epoch=saved["epoch"], history=saved["history"], steps=saved["steps"],
-                 best_loss=saved["best"]["loss"], best_state=saved["best"]["state"])
-    log.info("resuming from %s after epoch %d of %d", path, saved["epoch"], config.epochs)
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def train(job: TrainingJob) -> TrainResult:
+    """Build the network and loaders from ``job`` and fit: the same code in every process."""
+    rank, world = rank_and_world()
+    seed_everything(job.train.seed, job.train.deterministic)
+    network = build_model(job.model, job.images.channels, len(job.cache.class_names))
+    limit = memory_limit_bytes(job.images) / world  # processes on one machine share its memory
+    norm = {"mean": job.images.mean, "std": job.images.std}
+    train_loader = Loader.create(subset_images(job.cache, "train", limit), job.cache.labels("train"), **norm,
+                                 batch_size=job.train.batch_size, compute=job.compute,
+                                 crop_padding=job.train.crop_padding, flip=job.train.flip, rank=rank,
+                                 world_size=world)
+    val_loader = Loader.create(subset_images(job.cache, "val", limit), job.cache.labels("val"), **norm,
+                               batch_size=job.train.batch_size, compute=job.compute)
+    if rank == 0:
+        log.info("training %s (%s parameters) on %s%s, %s, %d threads: %d train / %d val images at %d px, "
+                 "batch %d, %d epochs", job.model.name, f"{count_parameters(network):,}", train_loader.device,
+                 f" x {world} processes" if world > 1 else "", train_loader.precision, torch.get_num_threads(),
+                 len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
+                 job.train.epochs)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_loader.labels)} training image(s) make no training batch: batch "
+                         f"norm needs at least {2 * world} (2 per process); see the data report")
+    checkpoint = CheckpointSaver(job.checkpoint_path, job.fingerprint, job.train.resume)
+    return fit(network, train_loader, val_loader, job.train, checkpoint)

@@ -1,17 +1,26 @@
-"""Hooks that make a run fail early and clearly instead of late and obscurely."""
+"""Hooks that make a run fail early and clearly, never mix two runs' outputs, and end with a summary."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import signal
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from kedro.framework.hooks import hook_impl
+from kedro.io import AbstractVersionedDataset
 from omegaconf import OmegaConf
 
-from .config import parse_dataset
+from .config import ConfigError, parse_dataset
+from .datasets import PARTIAL
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +56,114 @@ def _kaggle_credentials(context) -> dict[str, Any]:
     return {}
 
 
-class ValidateRunHook:
-    """Before any node runs: validate each dataset's parameters and check outputs are writable."""
+class ValidateParametersHook:
+    """Before Kedro builds the nodes' typed parameters: parse every dataset's parameters whole,
+    so an error names the full setting (``fruits.train.epochs must be an integer, got 2.5``),
+    and refuse ``--params`` for a dataset that does not exist."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from .pipeline_registry import dataset_names
+
+        names = dataset_names(Path(context.project_path) / "conf" / "base")
+        runtime = context.config_loader.runtime_params or {}
+        unknown = sorted(set(runtime) - set(names))
+        if unknown:
+            raise ConfigError(f"--params names {unknown[0]!r}, which is no dataset of this project "
+                              f"(datasets: {', '.join(names)})")
+        parameters = context.config_loader["parameters"]
+        for name in names:
+            parse_dataset(parameters.get(name) or {}, name)
+
+
+class RunGuardHook:
+    """Around each run, for every dataset it touches:
+
+    - before any node runs, check each output folder is writable;
+    - hold a lock: a second run of the same dataset in this project is refused, naming the
+      first, rather than mixing its outputs with the first's (other datasets run freely);
+    - keep files an earlier, unversioned run left where versioned outputs now go, as a version;
+    - remove what a killed run left half-written;
+    - turn SIGTERM into the same clean stop as Ctrl-C (KeyboardInterrupt).
+    """
+
+    def __init__(self) -> None:
+        self._locks: list[FileLock] = []
+        self._sigterm = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        namespaces = sorted({n.namespace.split(".")[0] for n in pipeline.nodes if n.namespace})
-        parameters = catalog.load("parameters")
-        for name in namespaces:
-            if name not in parameters:
-                raise KeyError(f"no parameters for dataset {name!r}: add conf/base/parameters_{name}.yml")
-            parse_dataset(parameters[name], name)
-        for folder in sorted({_folder_of(catalog, name) for name in pipeline.all_outputs()} - {None}):
+        outputs = sorted(pipeline.all_outputs())
+        folders = sorted({folder for name in outputs if (folder := _folder_of(catalog, name))})
+        for folder in folders:
             _check_writable(folder)
+        project = Path(run_params.get("project_path") or Path.cwd())
+        try:
+            for dataset in namespaces(pipeline):
+                self._locks.append(_lock(project / "data" / ".locks" / f"{dataset}.lock", dataset))
+            for name in outputs:
+                _version_unversioned_file(catalog, name)
+            for folder in sorted({Path(str(d._filepath)).parent for name in outputs
+                                  if (d := catalog.get(name)) is not None and hasattr(d, "_filepath")}):
+                _remove_partial_files(folder)
+        except BaseException:
+            self._release()
+            raise
+        if _in_main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _interrupt)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
+        if self._sigterm is not None and _in_main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
+
+
+class RunSummaryHook:
+    """End a run with what a user looks for: the score, and where the outputs are."""
+
+    @hook_impl
+    def after_pipeline_run(self, pipeline, catalog) -> None:
+        outputs = pipeline.all_outputs()
+        for dataset in namespaces(pipeline):
+            lines = []
+            if f"{dataset}.metrics" in outputs:
+                metrics = catalog.load(f"{dataset}.metrics")
+                lines.append(f"{metrics['subset']} accuracy {metrics['accuracy']:.4f} on {metrics['images']} "
+                             f"images, macro F1 {metrics['macro_f1']:.4f}")
+            for entry, what in (("submission", "submission"), ("new_predictions", "predictions"),
+                                ("model_weights", "model"), ("onnx_model", "ONNX model"),
+                                ("metrics", "report folder")):
+                if f"{dataset}.{entry}" in outputs:
+                    path = _saved_path(catalog, f"{dataset}.{entry}")
+                    if what == "report folder":  # the folder the metrics entry lives in
+                        path = Path(str(catalog.get(f"{dataset}.metrics")._filepath)).parent
+                    lines.append(f"{what}: {path}")
+            if lines:
+                log.info("%s done. %s", dataset, "\n  ".join(["", *lines]))
+
+
+def namespaces(pipeline) -> list[str]:
+    """The datasets a pipeline's nodes belong to (their top-level namespaces)."""
+    return sorted({node.namespace.split(".")[0] for node in pipeline.nodes if node.namespace})
+
+
+def _saved_path(catalog, name: str) -> Path:
+    """Where ``name`` was saved: for a versioned entry, this run's version of the file."""
+    dataset = catalog.get(name)
+    if isinstance(dataset, AbstractVersionedDataset):
+        return Path(dataset._get_load_path())
+    return Path(getattr(dataset, "_filepath", None) or dataset._path)
 
 
 def _folder_of(catalog, name: str) -> Path | None:
@@ -81,3 +185,67 @@ def _check_writable(folder: Path) -> None:
     except OSError as error:
         raise PermissionError(f"output folder {folder} is not writable ({error.strerror}): "
                               "fix its permissions before training, nothing has run yet") from error
+
+
+def _lock(path: Path, dataset: str) -> FileLock:
+    """Hold ``path``'s lock for this run, or refuse naming the run that holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    holder = path.with_suffix(".json")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        other = json.loads(holder.read_text()) if holder.is_file() else {}
+        raise RuntimeError(
+            f"another run of {dataset} is in progress in this project (pid {other.get('pid', '?')} on "
+            f"{other.get('host', '?')}, started {other.get('started', '?')}: {other.get('command', '?')}). "
+            "Wait for it to finish or stop it; runs of other datasets can go ahead.") from None
+    holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}))
+    return lock
+
+
+def _version_unversioned_file(catalog, name: str) -> None:
+    """A file an unversioned run saved where versions now go: keep it, as the oldest version.
+
+    Kedro would refuse to save ("Cannot save versioned dataset ... a file with the same name
+    already exists"); the earlier run's output is moved to ``<file>/<its mtime>/<file>``, so
+    ``--load-versions`` can still load it.
+    """
+    dataset = catalog.get(name)
+    if not isinstance(dataset, AbstractVersionedDataset) or not dataset._version:
+        return
+    path = Path(str(dataset._filepath))
+    if not path.is_file():
+        return
+    stamp = time.gmtime(path.stat().st_mtime)
+    version = time.strftime("%Y-%m-%dT%H.%M.%S", stamp) + f".{int(path.stat().st_mtime * 1000) % 1000:03d}Z"
+    aside = path.with_name(f".{path.name}.unversioned")
+    os.replace(path, aside)
+    (path / version).mkdir(parents=True)
+    os.replace(aside, path / version / path.name)
+    log.info("kept %s, saved by an earlier run without versioning, as version %s", path, version)
+
+
+def _remove_partial_files(folder: Path) -> None:
+    """Delete files a killed run left half-written in ``folder``, an output folder of file
+    datasets (no other run of this dataset is writing: the lock is held), and version folders
+    left empty."""
+    if not folder.is_dir():
+        return
+    for partial in folder.rglob(f".*{PARTIAL}*"):
+        if partial.is_file():
+            partial.unlink()
+            log.info("removed %s, left half-written by an interrupted run", partial)
+            if partial.parent != folder and not any(partial.parent.iterdir()):
+                shutil.rmtree(partial.parent)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,34 +1,41 @@
-"""The image data path, part 1: decode every image once into a uint8 tensor cache.
+"""The image data path, part 1: decode a file into the uint8 array the network is fed.
 
-No epoch decodes a JPEG again: training reads ``[N, C, H, W]`` uint8 tensors. Decoding runs in
-a process pool over all cores. A file that cannot be decoded is skipped with its reason, so one
-bad file never ends a long run.
+Decoding runs in a process pool over all cores. A file that cannot be decoded is skipped with
+its reason, so one bad file never ends a long run. The pool never outlives its run: workers
+ignore Ctrl-C (the main process stops them), and on Linux they die with the main process even
+when it is killed outright (SIGKILL, the OOM killer, ``timeout``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import logging
+import multiprocessing
 import os
+import signal
+import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
 # Transparent pixels are shown on white, as image viewers show them.
 BACKGROUND = (255, 255, 255)
+BLOCK = 4096  # files handed to the pool at a time: bounds what waits in memory
 
 
 def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, tuple[int, int], str]:
     """Decode one file into a ``[channels, size, size]`` uint8 array.
 
-    Handles EXIF rotation, grey, RGBA (over white), palette, CMYK and 16-bit images. Returns the
-    array, the original (width, height) and the original PIL mode; raises on unreadable files.
+    Handles EXIF rotation, grey, RGBA (over white), palette, CMYK, 16-bit, 32-bit integer and
+    floating-point images. Returns the array, the original (width, height) and the original PIL
+    mode; raises on unreadable files.
     """
     with Image.open(path) as image:
         image.load()  # raises on truncated data instead of filling it with grey
@@ -47,81 +54,66 @@ def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, tupl
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """PIL's convert() clips 16/32-bit grey to 255 (white); scale it to 8 bits instead."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.int64)
-        peak = 65535 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255
-        return Image.fromarray((values * 255 // peak).clip(0, 255).astype(np.uint8), mode="L")
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray((values.clip(0, 1) * 255).astype(np.uint8), mode="L")
-    return image
+    """Scale 16/32-bit integer and float grey to 8 bits; PIL's convert() would clip it to white."""
+    if image.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{image.mode} image has NaN or infinite pixels")
+    low, high = values.min(initial=0), values.max(initial=0)
+    if image.mode.startswith("I;16"):
+        scale = 255 / 65535
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scale = 255.0  # the usual convention for float images
+    elif low >= 0 and high <= 255:
+        scale = 1.0  # already 8-bit values in a wider type
+    elif image.mode == "I" and low >= 0 and high <= 65535:
+        scale = 255 / 65535  # 16-bit data stored as 32-bit
+    else:  # any other range: stretch what is there over 0..255
+        values, scale = values - low, 255 / (high - low) if high > low else 0.0
+    return Image.fromarray(np.round(values * scale).clip(0, 255).astype(np.uint8), mode="L")
 
 
 def _decode_job(job: tuple[str, int, int]) -> tuple[np.ndarray | None, tuple[int, int] | None, str]:
     path, size, channels = job
     try:
-        array, original_size, mode = decode_image(Path(path), size, channels)
-        return array, original_size, mode
+        return decode_image(Path(path), size, channels)
     except Exception as error:  # noqa: BLE001 - any unreadable file is skipped, with its reason
         return None, None, f"unreadable image ({type(error).__name__}: {error})"
 
 
-def decode_all(paths: list[Path], size: int, channels: int, workers: int | None = None):
+def _init_worker() -> None:
+    """In each decode worker: leave Ctrl-C to the main process, and die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def decode_all(paths: Iterable[Path], size: int, channels: int, workers: int | None = None
+               ) -> Iterator[tuple[np.ndarray | None, tuple[int, int] | None, str]]:
     """Decode ``paths`` on all cores; yields ``(array | None, size | None, mode | reason)`` in order."""
+    jobs = ((str(p), size, channels) for p in paths)
     workers = workers or os.cpu_count() or 1
-    jobs = [(str(p), size, channels) for p in paths]
-    if workers == 1 or len(jobs) < 64:
+    if workers == 1:
         yield from map(_decode_job, jobs)
         return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(_decode_job, jobs, chunksize=64)
+    pool = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(
+        workers, initializer=_init_worker)
+    try:
+        while block := list(itertools.islice(jobs, BLOCK)):
+            yield from pool.imap(_decode_job, block, chunksize=max(1, min(64, len(block) // (4 * workers))))
+        pool.close()
+    finally:
+        pool.terminate()  # on Ctrl-C, SIGTERM or an error: stop the workers now, never wait for them
+        pool.join()
 
 
-def build_cache(root: Path, manifest: pd.DataFrame, class_names: list[str], size: int,
-                channels: int, workers: int | None = None) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-    """Decode every manifest row into per-subset tensors.
-
-    Returns ``{"<subset>.images": uint8 [N,C,H,W], "<subset>.labels": int64 [N] (-1 when
-    unlabelled), "<subset>.rows": int64 [N] (manifest row)}`` and one row per decoded or
-    skipped file (file, width, height, mode, reason).
-    """
-    class_index = {name: i for i, name in enumerate(class_names)}
-    decoded = decode_all([root / f for f in manifest["file"]], size, channels, workers)
-    images: dict[str, list] = {}
-    outcomes = []
-    for row, (array, original_size, detail) in zip(manifest.itertuples(index=True), decoded):
-        if array is None:
-            log.warning("skipping %s: %s", row.file, detail)
-            outcomes.append({"file": row.file, "width": None, "height": None, "mode": None, "reason": detail})
-            continue
-        outcomes.append({"file": row.file, "width": original_size[0], "height": original_size[1],
-                         "mode": detail, "reason": None})
-        label = class_index.get(row.label, -1) if isinstance(row.label, str) else -1
-        images.setdefault(row.subset, []).append((array, label, row.Index))
-    cache = {}
-    for subset, items in images.items():
-        cache[f"{subset}.images"] = torch.from_numpy(np.stack([a for a, _, _ in items]))
-        cache[f"{subset}.labels"] = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
-        cache[f"{subset}.rows"] = torch.tensor([r for _, _, r in items], dtype=torch.int64)
-    skipped = sum(o["reason"] is not None for o in outcomes)
-    if skipped:
-        log.warning("skipped %d of %d images that could not be decoded (listed in the data report)",
-                    skipped, len(outcomes))
-    return cache, pd.DataFrame(outcomes, columns=["file", "width", "height", "mode", "reason"])
-
-
-def subset_tensors(cache: dict[str, torch.Tensor], subset: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, labels, manifest rows) of one subset; empty tensors when the subset is absent."""
-    if f"{subset}.images" not in cache:
-        empty = torch.empty(0, dtype=torch.int64)
-        return torch.empty(0, dtype=torch.uint8), empty, empty
-    return cache[f"{subset}.images"], cache[f"{subset}.labels"], cache[f"{subset}.rows"]
-
-
-def size_summary(outcomes: pd.DataFrame) -> dict:
+def size_summary(decoded: pd.DataFrame) -> dict:
     """Distribution of original image sizes and modes, for the data report."""
-    ok = outcomes[outcomes["reason"].isna()]
+    ok = decoded[decoded["reason"].isna()]
     if ok.empty:
         return {}
     sizes = Counter(f"{int(w)}x{int(h)}" for w, h in zip(ok["width"], ok["height"]))

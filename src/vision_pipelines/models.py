@@ -1,10 +1,9 @@
-"""Networks, built from a model card alone so a saved model can be rebuilt without the pipeline."""
+"""Networks by name: the project's ResNet9 and torchvision's ResNets (``model_card`` rebuilds a trained one)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -95,15 +94,6 @@ def _torchvision_resnet(model: ModelConfig, in_channels: int, num_classes: int) 
 
 class PretrainedWeightsMissing(FileNotFoundError):
     """ImageNet weights are neither cached nor downloadable."""
-
-
-def model_from_card(card: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Rebuild the network a model card describes, with ``state_dict`` loaded if given."""
-    config = ModelConfig(**{**card["model"], "pretrained": False})  # the weights come from the file
-    network = build_model(config, card["input"]["channels"], len(card["class_names"]))
-    if state_dict is not None:
-        network.load_state_dict(state_dict)
-    return network.eval()
 
 
 def count_parameters(network: nn.Module) -> int:

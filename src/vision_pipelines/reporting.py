@@ -138,12 +138,15 @@ def plot_image_grid(images: list[np.ndarray], titles: list[str], title: str, col
     return fig
 
 
-def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list[str]) -> dict[str, Any]:
-    """What was found, used and skipped (with reasons), per class and per subset.
+def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list[str],
+                min_train_per_class: int = 5) -> dict[str, Any]:
+    """What was found, used and skipped (with reasons), per class and per subset, and warnings
+    for classes with fewer than ``min_train_per_class`` training images.
 
     ``manifest`` holds every file the source listed (``subset == "skipped"`` with a ``reason``
     when it was not an image); ``decoded`` holds one row per decode attempt (``reason`` set when
-    the file could not be decoded).
+    the file could not be decoded). ``errors`` (empty here) is where checks that must stop
+    training add their findings.
     """
     failed = decoded.set_index("file")["reason"].dropna()
     table = manifest.assign(reason=manifest["reason"].where(manifest["reason"].notna(),
@@ -159,7 +162,12 @@ def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list
     train_counts = {n: per_class.get(n, {}).get("train", 0) for n in class_names}
     smallest = min(train_counts, key=train_counts.get, default=None)
     largest = max(train_counts, key=train_counts.get, default=None)
+    small = {name: count for name, count in train_counts.items() if count < min_train_per_class}
+    warnings = [f"class {name!r} has {'no' if count == 0 else f'only {count}'} training image(s) "
+                f"(split.min_train_per_class={min_train_per_class})" for name, count in small.items()]
     return {
+        "errors": [],
+        "warnings": warnings,
         "found": len(table), "used": int(table["used"].sum()), "skipped": len(skipped),
         "subsets": {s: int((table["used"] & (table["subset"] == s)).sum()) for s in ("train", "val", "test", "predict")},
         "skipped_by_reason": skipped["short_reason"].value_counts().to_dict(),
@@ -171,6 +179,7 @@ def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list
             "max_train": train_counts.get(largest, 0), "smallest_class": smallest, "largest_class": largest,
             "max_to_min_ratio": (round(train_counts[largest] / train_counts[smallest], 2)
                                  if smallest is not None and train_counts[smallest] else None),
+            "below_minimum": small,  # classes with fewer than min_train_per_class training images
         },
         "per_class": per_class,
     }

@@ -16,13 +16,14 @@ __all__ = ["fetch", "scan", "Scan", "DownloadError", "MissingCredentialsError", 
            "IMAGE_EXTENSIONS"]
 
 
-def fetch(source: SourceConfig) -> Path:
-    """Make the dataset's folder available on disk and return it (downloading at most once)."""
+def fetch(source: SourceConfig, downloads: Path) -> Path:
+    """Make the dataset's folder available on disk and return it; downloads are kept in
+    ``downloads`` and happen at most once."""
     if source.kind == "local":
         folder = Path(source.path).expanduser()
         if not folder.is_dir():
             raise LayoutError(f"source.path={source.path}: no such folder")
         return folder.resolve()
     if source.kind == "kaggle":
-        return download_kaggle(source.dataset, Path(source.download_dir))
-    return download_torchvision(source.dataset, Path(source.download_dir))
+        return download_kaggle(source.dataset, Path(downloads))
+    return download_torchvision(source.dataset, Path(downloads))

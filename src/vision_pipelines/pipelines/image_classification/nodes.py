@@ -1,85 +1,78 @@
 """Nodes of the image-classification template: download -> split -> cache -> train -> evaluate -> submit.
 
-Each node takes catalog data and parameter dicts and returns catalog data; the work itself
-lives in the modules named after each concern (sources, images, engine, models, reporting).
+Each node takes catalog data and typed settings (Kedro builds the ``config`` dataclasses from
+``params:``) and returns catalog data; the work itself lives in the modules named after each
+concern (sources, cache, engine, model_card, reporting). Nodes that receive artifacts of
+different stages check they belong together (``lineage``) before using them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
+import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch.utils.data import random_split
 
-from ... import engine, images, reporting, sources
-from ...augment import augment
-from ...config import (EvaluateConfig, ImageConfig, ModelConfig, SourceConfig, SplitConfig,
-                       SubmissionConfig, TrainConfig, parse)
-from ...models import build_model, count_parameters, model_from_card
+from ... import distributed, engine, images, lineage, reporting, sources
+from ...augment import augment, random_draws
+from ...cache import CacheBuild, ImageCache
+from ...config import (ComputeConfig, EvaluateConfig, ImageConfig, ModelConfig, SourceConfig, SplitConfig,
+                       SubmissionConfig, TrainConfig)
+from ...loader import Loader
+from ...model_card import make_card, read_card
 
 log = logging.getLogger(__name__)
 
-MODEL_CARD_VERSION = 1
+CACHE_ORDER_SEED = 0  # the training subset is written to the cache in this seeded random order
 
 
 # --- download ---------------------------------------------------------------------------------
 
 
-def download_images(source: dict[str, Any]) -> Path:
-    """Make the dataset's image folder available: a local folder, or a (cached) download."""
-    return sources.fetch(parse(SourceConfig, source, "source"))
+def download_images(source: SourceConfig, downloads: Path) -> Path:
+    """Make the dataset's image folder available: a local folder, or a download kept in ``downloads``."""
+    return sources.fetch(source, downloads)
 
 
 # --- split ------------------------------------------------------------------------------------
 
 
-def build_manifest(raw_images: Path, source: dict[str, Any],
-                   split: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+def build_manifest(raw_images: Path, source: SourceConfig, split: SplitConfig) -> tuple[pd.DataFrame, list[str]]:
     """One row per file: ``file, label, subset`` (train/val/test/predict, or ``skipped`` with a
     ``reason``), and the class names in model-output order.
 
     Validation (and test, when the source has none) is carved out of the labelled training
     images with ``torch.utils.data.random_split`` and a seeded generator: same seed, same split.
     """
-    source_config = parse(SourceConfig, source, "source")
-    split_config = parse(SplitConfig, split, "split")
-    found = sources.scan(Path(raw_images), source_config)
+    found = sources.scan(Path(raw_images), source)
     rows = found.images.sort_values("file", kind="stable").reset_index(drop=True)
-    known = set(found.class_names)
-    unknown_class = rows["label"].notna() & ~rows["label"].isin(known)
+    unknown_class = rows["label"].notna() & ~rows["label"].isin(found.class_names)
     if unknown_class.any():
         log.warning("%d test image(s) belong to classes absent from training (e.g. %s): skipped",
                     unknown_class.sum(), rows.loc[unknown_class, "label"].iloc[0])
-    rows["subset"] = rows["origin"].map({"train": "train", "test": "test", "predict": "predict"})
+    rows["subset"] = rows["origin"]
     rows["reason"] = None
     rows.loc[unknown_class, ["subset", "reason"]] = ["skipped", "class not in the training set"]
-
-    train_index = rows.index[rows["subset"] == "train"].tolist()
     has_test = (rows["subset"] == "test").any()
-    test_fraction = 0.0 if has_test else split_config.test_fraction
-    fractions = {"train": 1 - split_config.val_fraction - test_fraction,
-                 "val": split_config.val_fraction, "test": test_fraction}
+    fractions = {"train": 1 - split.val_fraction - (0 if has_test else split.test_fraction),
+                 "val": split.val_fraction, "test": 0 if has_test else split.test_fraction}
     fractions = {subset: f for subset, f in fractions.items() if f > 0}
-    generator = torch.Generator().manual_seed(split_config.seed)
+    train_index = rows.index[rows["subset"] == "train"].tolist()
+    generator = torch.Generator().manual_seed(split.seed)
     for subset, part in zip(fractions, random_split(train_index, list(fractions.values()), generator)):
         rows.loc[list(part), "subset"] = subset
-    if not has_test and test_fraction == 0:
-        log.info("the source has no test set and split.test_fraction=0: reports use the validation set")
-
     skipped = found.skipped.assign(subset="skipped")
     if len(skipped):
-        log.warning("skipping %d file(s) that are not usable images (e.g. %s: %s), "
-                    "counted in the data report", len(skipped), skipped["file"].iloc[0], skipped["reason"].iloc[0])
+        log.warning("skipping %d file(s) that are not usable images (e.g. %s: %s), counted in the data "
+                    "report", len(skipped), skipped["file"].iloc[0], skipped["reason"].iloc[0])
     manifest = pd.concat([rows.drop(columns="origin"), skipped], ignore_index=True)
-    for subset, count in manifest["subset"].value_counts().items():
-        log.info("manifest: %d %s image(s)", count, subset)
+    log.info("manifest: %s", ", ".join(f"{n} {s}" for s, n in manifest["subset"].value_counts().items()))
     return manifest[["file", "label", "subset", "reason"]].astype(object), list(found.class_names)
 
 
@@ -87,116 +80,150 @@ def build_manifest(raw_images: Path, source: dict[str, Any],
 
 
 def build_image_cache(raw_images: Path, manifest: pd.DataFrame, class_names: list[str],
-                      images_params: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Decode every image once into uint8 tensors per subset, and write the data report."""
-    image_config = parse(ImageConfig, images_params, "images")
+                      images: ImageConfig) -> CacheBuild:
+    """Every usable image of the manifest, to be decoded once into the uint8 image cache.
+
+    The catalog's ``ImageCacheDataset`` decodes them as it saves, shard by shard; the training
+    subset goes in a seeded random order, so each shard is a random sample of it.
+    """
     usable = manifest[manifest["subset"] != "skipped"]
-    cache, outcomes = images.build_cache(Path(raw_images), usable, class_names, image_config.size,
-                                         image_config.channels, image_config.decode_workers)
-    if "train.images" not in cache:
-        raise ValueError("no training image could be decoded: see the data report")
-    report = reporting.data_report(manifest, outcomes, class_names)
-    report["image_sizes"] = images.size_summary(outcomes)
-    return cache, report
+    index = {name: i for i, name in enumerate(class_names)}
+    files = pd.DataFrame({"file": usable["file"], "label": usable["label"].map(index).fillna(-1).astype(int),
+                          "subset": usable["subset"], "row": usable.index})
+    train = files[files["subset"] == "train"]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(CACHE_ORDER_SEED)).numpy()
+    files = pd.concat([train.iloc[order], files[files["subset"] != "train"]], ignore_index=True)
+    return CacheBuild(Path(raw_images), files, list(class_names), images,
+                      lineage.manifest_fingerprint(manifest, class_names))
+
+
+def summarise_data(manifest: pd.DataFrame, image_cache: ImageCache, class_names: list[str],
+                   split: SplitConfig, evaluate: EvaluateConfig, submission: SubmissionConfig) -> dict[str, Any]:
+    """The data report: what was found, used and skipped, and the problems that stop training.
+
+    It is written before training starts: ``train_model`` refuses to run on data whose report
+    lists errors (no readable training image, no image to submit), so a run never fails late.
+    """
+    lineage.check(image_cache.manifest_fingerprint, lineage.manifest_fingerprint(manifest, class_names),
+                  "the image cache was built from another manifest",
+                  "the cache stage and what follows (--tags=cache,train,evaluate,submit)")
+    report = reporting.data_report(manifest, image_cache.decoded, class_names, split.min_train_per_class)
+    report["image_sizes"] = images.size_summary(image_cache.decoded)
+    report["image_cache"] = image_cache.fingerprint
+    counts = report["subsets"]
+    if counts["train"] < 2:
+        report["errors"].append(f"{counts['train']} readable training image(s): training needs at least 2")
+    if counts.get(submission.subset, 0) == 0:
+        report["errors"].append(f"submission.subset={submission.subset!r} has no readable images: set "
+                                "submission.subset to a subset the source provides")
+    if counts.get(evaluate.subset, 0) == 0:
+        log.info("no %s images: evaluate.subset falls back to the validation set", evaluate.subset)
+    submitted = manifest.loc[manifest["subset"] == submission.subset, "file"]
+    ids = _submission_ids(submitted, manifest["file"], submission.id_from)
+    if not ids.is_unique:
+        report["warnings"].append(f"submission ids from id_from={submission.id_from!r} repeat "
+                                  f"({ids.duplicated().sum()} duplicates): the submission will use relative paths")
+    for message in report["warnings"]:
+        log.warning("%s", message)
+    return report
 
 
 # --- train ------------------------------------------------------------------------------------
 
 
-def train_model(image_cache: dict[str, torch.Tensor], class_names: list[str], model_params: dict[str, Any],
-                images_params: dict[str, Any], train_params: dict[str, Any]
+def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint: Path, model: ModelConfig,
+                images: ImageConfig, train: TrainConfig, compute: ComputeConfig
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """Train the configured network; returns weights, model card, epoch history and step table."""
-    model_config = parse(ModelConfig, model_params, "model")
-    image_config = parse(ImageConfig, images_params, "images")
-    train_config = parse(TrainConfig, train_params, "train")
-    train_x, train_y, _ = images.subset_tensors(image_cache, "train")
-    val_x, val_y, _ = images.subset_tensors(image_cache, "val")
-    engine.seed_everything(train_config.seed, train_config.deterministic)
-    network = build_model(model_config, image_config.channels, len(class_names))
-    log.info("training %s (%d parameters) on %d images, validating on %d", model_config.name,
-             count_parameters(network), len(train_y), len(val_y))
-    run_fingerprint = engine.fingerprint(train_config, image_config, model_config, train_x, train_y, val_y)
-    result = engine.fit(network, train_x, train_y, val_x, val_y, train_config, image_config, run_fingerprint)
-    last = result.history.iloc[-1]
-    kept_epoch = (int(result.history.loc[result.history["val_loss"].idxmin(), "epoch"])
-                  if train_config.keep == "best_val_loss" and result.history["val_loss"].notna().any()
-                  else int(last["epoch"]))
-    card = {
-        "format_version": MODEL_CARD_VERSION,
-        "model": {k: v for k, v in dataclasses.asdict(model_config).items() if k != "pretrained"},
-        "pretrained_init": model_config.pretrained,
-        "class_names": list(class_names),
-        "input": {"size": image_config.size, "channels": image_config.channels, "dtype": "uint8",
-                  "mean": image_config.mean, "std": image_config.std,
-                  "normalisation": "x = (pixel / 255 - mean) / std, per channel, NCHW"},
-        "parameters": count_parameters(network),
-        "training": {"config": dataclasses.asdict(train_config), "device": result.device,
-                     "seconds": round(result.seconds, 1), "epochs_run": int(last["epoch"]),
-                     "kept_epoch": kept_epoch, "train_images": int(len(train_y)), "val_images": int(len(val_y))},
-        "metrics": {"val_accuracy": _json_float(result.history.set_index("epoch").loc[kept_epoch, "val_accuracy"]),
-                    "val_loss": _json_float(result.history.set_index("epoch").loc[kept_epoch, "val_loss"])},
-        "software": {"torch": torch.__version__, "python": platform.python_version()},
-    }
-    return result.state_dict, card, result.history, result.steps
+    """Train the configured network, in this process or in ``train.distributed``'s processes;
+    returns weights, model card, epoch history and step table."""
+    if data_report.get("errors"):
+        raise ValueError("the data cannot be trained on (see data_report.json): " + "; ".join(data_report["errors"]))
+    lineage.check(data_report.get("image_cache"), image_cache.fingerprint,
+                  "the data report describes another image cache", "the cache stage (--tags=cache)")
+    job = engine.TrainingJob(image_cache, model, images, train, compute, checkpoint)
+    result = distributed.launch(job, _logging_config()) if train.distributed.enabled else engine.train(job)
+    history = result.history.set_index("epoch")
+    card = make_card(model, images, image_cache.class_names, result.weights,
+                     lineage={"image_cache": image_cache.fingerprint, "manifest": image_cache.manifest_fingerprint},
+                     training={"config": dataclasses.asdict(train),
+                               "device": result.device, "precision": result.precision,
+                               "processes": result.world_size, "seconds": round(result.seconds, 1),
+                               "epochs_run": int(history.index.max()), "kept_epoch": result.kept_epoch,
+                               "train_images": image_cache.count("train"), "val_images": image_cache.count("val")},
+                     metrics={key: _json_float(history.loc[result.kept_epoch, key]) for key in ("val_accuracy", "val_loss")})
+    return result.weights, card, result.history, result.steps
+
+
+def _logging_config() -> dict | None:
+    """Kedro's logging configuration, for distributed training processes to log alike."""
+    from kedro.framework.project import LOGGING
+
+    return getattr(LOGGING, "data", None)
 
 
 # --- evaluate ---------------------------------------------------------------------------------
 
 
-def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any],
-            image_cache: dict[str, torch.Tensor], manifest: pd.DataFrame,
-            evaluate_params: dict[str, Any]) -> pd.DataFrame:
+def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], image_cache: ImageCache,
+            manifest: pd.DataFrame, evaluate: EvaluateConfig, compute: ComputeConfig) -> pd.DataFrame:
     """Predict every held-out image (val, test, predict) with the saved model and its card."""
-    evaluate_config = parse(EvaluateConfig, evaluate_params, "evaluate")
-    device = engine.resolve_device("auto")
-    network = model_from_card(model_card, model_weights).to(device)
-    mean = torch.tensor(model_card["input"]["mean"], device=device)
-    std = torch.tensor(model_card["input"]["std"], device=device)
+    card = read_card(model_card, model_weights)
+    lineage.check(card.lineage.get("image_cache"), image_cache.fingerprint,
+                  "the model was trained on another image cache (other data or image settings)",
+                  "the train stage and what follows (--tags=train,evaluate,submit), or load the matching cache")
+    lineage.check(image_cache.manifest_fingerprint, lineage.manifest_fingerprint(manifest, card.class_names),
+                  "the image cache was built from another manifest",
+                  "the cache stage and what follows (--tags=cache,train,evaluate,submit)")
+    network = card.network(model_weights)
+    limit = engine.memory_limit_bytes(ImageConfig(size=card.size, channels=card.channels, mean=card.mean, std=card.std))
     frames = []
     for subset in ("val", "test", "predict"):
-        x, y, rows = images.subset_tensors(image_cache, subset)
-        if not len(rows):
+        if not image_cache.count(subset):
             continue
-        logits = engine.predict_logits(network, x, mean, std, 256, device, tta_flip=evaluate_config.tta_flip)
-        probabilities = logits.softmax(1).cpu()
+        labels = image_cache.labels(subset)
+        loader = Loader.create(engine.subset_images(image_cache, subset, limit), labels, card.mean, card.std,
+                               evaluate.batch_size, compute)
+        probabilities = engine.predict(network, loader, evaluate.tta_flip).softmax(1).cpu()
         confidence, predicted = probabilities.max(1)
         frames.append(pd.DataFrame({
-            "file": manifest["file"].to_numpy()[rows.numpy()], "subset": subset,
-            "label": [model_card["class_names"][i] if i >= 0 else None for i in y.tolist()],
-            "predicted": [model_card["class_names"][i] for i in predicted.tolist()],
-            "confidence": confidence.numpy().astype(float), "cache_index": np.arange(len(rows)),
+            "file": manifest["file"].to_numpy()[image_cache.rows(subset).numpy()], "subset": subset,
+            "label": [card.class_names[i] if i >= 0 else None for i in labels.tolist()],
+            "predicted": [card.class_names[i] for i in predicted.tolist()],
+            "confidence": confidence.numpy().astype(float),
         }))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["file", "subset", "label", "predicted", "confidence", "cache_index"])
+    predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["file", "subset", "label", "predicted", "confidence"])
+    predictions.attrs["lineage"] = {"model": card.weights_fingerprint, "image_cache": image_cache.fingerprint,
+                                    "manifest": image_cache.manifest_fingerprint,
+                                    "class_names": card.class_names}
+    return predictions
 
 
-def evaluate_predictions(predictions: pd.DataFrame, class_names: list[str],
-                         evaluate_params: dict[str, Any]) -> dict[str, Any]:
+def evaluate_predictions(predictions: pd.DataFrame, class_names: list[str], evaluate: EvaluateConfig) -> dict[str, Any]:
     """Metrics JSON on the configured labelled subset (falls back to val when it is absent)."""
-    config = parse(EvaluateConfig, evaluate_params, "evaluate")
-    subset = _evaluation_subset(predictions, config.subset)
+    _check_class_names(predictions, class_names)
+    subset = _evaluation_subset(predictions, evaluate.subset)
     rows = predictions[(predictions["subset"] == subset) & predictions["label"].notna()]
     index = {name: i for i, name in enumerate(class_names)}
     metrics = reporting.classification_metrics(rows["label"].map(index).to_numpy(dtype=int),
                                                rows["predicted"].map(index).to_numpy(dtype=int),
-                                               class_names, config.top_confused)
+                                               class_names, evaluate.top_confused)
     val = predictions[(predictions["subset"] == "val") & predictions["label"].notna()]
     log.info("%s accuracy %.4f on %d images", subset, metrics["accuracy"], metrics["images"])
-    return {"subset": subset, **metrics,
+    return {"subset": subset, **metrics, "model": predictions.attrs.get("lineage", {}).get("model"),
             "val_accuracy": float((val["label"] == val["predicted"]).mean()) if len(val) else None}
 
 
-def plot_learning_curves(history: pd.DataFrame) -> tuple[Figure, Figure]:
-    accuracy = reporting.plot_curves(history, {"train_accuracy": "train", "val_accuracy": "validation"},
+def plot_learning_curves(training_history: pd.DataFrame) -> tuple[Figure, Figure]:
+    accuracy = reporting.plot_curves(training_history, {"train_accuracy": "train", "val_accuracy": "validation"},
                                      "accuracy", "Accuracy per epoch")
-    loss = reporting.plot_curves(history, {"train_loss": "train", "val_loss": "validation"},
+    loss = reporting.plot_curves(training_history, {"train_loss": "train", "val_loss": "validation"},
                                  "cross-entropy loss", "Loss per epoch")
     return accuracy, loss
 
 
-def plot_lr_schedule(steps: pd.DataFrame) -> Figure:
-    return reporting.plot_lr_schedule(steps)
+def plot_lr_schedule(training_steps: pd.DataFrame) -> Figure:
+    return reporting.plot_lr_schedule(training_steps)
 
 
 def plot_confusion_matrix(metrics: dict[str, Any]) -> Figure:
@@ -207,12 +234,15 @@ def plot_per_class_accuracy(metrics: dict[str, Any]) -> Figure:
     return reporting.plot_per_class_accuracy(metrics)
 
 
-def plot_error_gallery(predictions: pd.DataFrame, raw_images: Path, evaluate_params: dict[str, Any]) -> Figure:
+def plot_error_gallery(predictions: pd.DataFrame, raw_images: Path, evaluate: EvaluateConfig) -> Figure:
     """The most confident mistakes, shown as the original files."""
-    config = parse(EvaluateConfig, evaluate_params, "evaluate")
-    subset = _evaluation_subset(predictions, config.subset)
+    subset = _evaluation_subset(predictions, evaluate.subset)
     rows = predictions[(predictions["subset"] == subset) & predictions["label"].notna()]
-    mistakes = rows[rows["label"] != rows["predicted"]].nlargest(config.gallery_size, "confidence")
+    mistakes = rows[rows["label"] != rows["predicted"]].nlargest(evaluate.gallery_size, "confidence")
+    missing = [f for f in mistakes["file"] if not (Path(raw_images) / f).is_file()]
+    if missing:
+        raise lineage.LineageError(f"the predictions list {missing[0]}, which is no longer in {raw_images}: "
+                                   "the images changed since. Re-run the split stage and what follows")
     pictures = [images.decode_image(Path(raw_images) / f, 96, 3)[0].transpose(1, 2, 0) for f in mistakes["file"]]
     titles = [f"true: {t}\npred: {p} ({c:.0%})" for t, p, c in
               zip(mistakes["label"], mistakes["predicted"], mistakes["confidence"])]
@@ -221,56 +251,79 @@ def plot_error_gallery(predictions: pd.DataFrame, raw_images: Path, evaluate_par
                                      f"{wrong} wrong of {len(rows)}")
 
 
-def plot_sample_batch(image_cache: dict[str, torch.Tensor], class_names: list[str],
-                      train_params: dict[str, Any]) -> Figure:
+def plot_sample_batch(image_cache: ImageCache, train: TrainConfig) -> Figure:
     """32 training images as the network sees them: after the batch augmentation."""
-    config = parse(TrainConfig, train_params, "train")
-    x, y, _ = images.subset_tensors(image_cache, "train")
-    generator = torch.Generator().manual_seed(config.seed)
-    pick = torch.randperm(len(y), generator=generator)[:32]
-    batch = augment(x[pick], config.crop_padding, config.flip, generator)
+    batch = image_cache.stream("train").head(32)
+    labels = image_cache.labels("train")[:len(batch)]
+    batch = augment(batch, train.crop_padding, train.flip, random_draws(len(batch), torch.Generator().manual_seed(train.seed)))
     pictures = [b[0].numpy() if b.shape[0] == 1 else b.permute(1, 2, 0).numpy() for b in batch]
-    return reporting.plot_image_grid(pictures, [class_names[i] for i in y[pick].tolist()],
+    return reporting.plot_image_grid(pictures, [image_cache.class_names[i] for i in labels.tolist()],
                                      "Sample training batch (augmented)")
 
 
 # --- submit -----------------------------------------------------------------------------------
 
 
-def make_submission(predictions: pd.DataFrame, raw_images: Path, class_names: list[str],
-                    submission_params: dict[str, Any]) -> pd.DataFrame:
+def make_submission(predictions: pd.DataFrame, manifest: pd.DataFrame, raw_images: Path,
+                    submission: SubmissionConfig) -> pd.DataFrame:
     """One row per image of the submission subset: ``<id_column>,<label_column>``.
 
-    With ``submission.template`` (a sample submission), its columns and row order are copied
+    Ids are unique: when ``submission.id_from`` gives repeated ids (file stems that repeat
+    across class folders), the relative paths are used instead, with a warning. With
+    ``submission.template`` (a sample submission), its columns and row order are copied
     exactly, and an id missing from the predictions is an error rather than a silent gap.
     """
-    config = parse(SubmissionConfig, submission_params, "submission")
-    rows = predictions[predictions["subset"] == config.subset]
+    recorded = predictions.attrs.get("lineage", {})
+    class_names = recorded.get("class_names", [])
+    lineage.check(recorded.get("manifest"), lineage.manifest_fingerprint(manifest, class_names),
+                  "the predictions were made for another manifest",
+                  "the stages after the split (--tags=cache,train,evaluate,submit)")
+    rows = predictions[predictions["subset"] == submission.subset]
     if rows.empty:
-        raise ValueError(f"submission.subset={config.subset!r} has no images to predict")
-    paths = rows["file"].map(Path)
-    ids = {"path": rows["file"], "stem": paths.map(lambda p: p.stem), "name": paths.map(lambda p: p.name)}[config.id_from]
-    labels = rows["predicted"] if config.label_format == "name" else rows["predicted"].map(class_names.index)
-    submission = pd.DataFrame({config.id_column: ids.to_numpy(), config.label_column: labels.to_numpy()})
-    if config.template:
-        template = _read_template(Path(raw_images), config.template)
-        if config.id_column not in template.columns:
-            raise ValueError(f"sample submission {config.template} has no column {config.id_column!r}")
-        by_id = submission.set_index(config.id_column)[config.label_column]
-        missing = set(template[config.id_column]) - set(by_id.index)
-        if missing:
-            raise ValueError(f"{len(missing)} id(s) of the sample submission have no prediction, "
-                             f"e.g. {sorted(missing)[:5]}")
-        submission = template.assign(**{config.label_column: template[config.id_column].map(by_id).to_numpy()})
-    log.info("submission: %d rows", len(submission))
-    return submission
+        raise ValueError(f"submission.subset={submission.subset!r} has no images to predict")
+    ids = _submission_ids(rows["file"], manifest["file"], submission.id_from)
+    if not ids.is_unique:
+        log.warning("submission ids from submission.id_from=%r repeat (%d duplicates, e.g. %s): using the "
+                    "images' relative paths as ids instead; set submission.id_from=path to choose them",
+                    submission.id_from, ids.duplicated().sum(), ids[ids.duplicated()].iloc[0])
+        ids = _submission_ids(rows["file"], manifest["file"], "path")
+    labels = rows["predicted"] if submission.label_format == "name" else rows["predicted"].map(class_names.index)
+    table = pd.DataFrame({submission.id_column: ids.to_numpy(), submission.label_column: labels.to_numpy()})
+    if submission.template:
+        table = _fill_template(Path(raw_images), submission, table)
+    log.info("submission: %d rows", len(table))
+    return table
 
 
-def _read_template(root: Path, pattern: str) -> pd.DataFrame:
-    matches = sorted(root.glob(pattern)) or sorted(root.glob(f"*/{pattern}"))
+def _fill_template(root: Path, submission: SubmissionConfig, table: pd.DataFrame) -> pd.DataFrame:
+    matches = sorted(root.glob(submission.template)) or sorted(root.glob(f"*/{submission.template}"))
     if not matches:
-        raise FileNotFoundError(f"submission.template={pattern!r}: no such file under {root}")
-    return pd.read_csv(matches[0], dtype=str, keep_default_na=False)
+        raise FileNotFoundError(f"submission.template={submission.template!r}: no such file under {root}")
+    template = pd.read_csv(matches[0], dtype=str, keep_default_na=False)
+    if submission.id_column not in template.columns:
+        raise ValueError(f"sample submission {submission.template} has no column {submission.id_column!r}")
+    by_id = table.set_index(submission.id_column)[submission.label_column]
+    missing = set(template[submission.id_column]) - set(by_id.index)
+    if missing:
+        raise ValueError(f"{len(missing)} id(s) of the sample submission have no prediction, e.g. {sorted(missing)[:5]}")
+    return template.assign(**{submission.label_column: template[submission.id_column].map(by_id).to_numpy()})
+
+
+def _submission_ids(files: pd.Series, all_files: pd.Series, id_from: str) -> pd.Series:
+    """Ids of ``files``: relative paths (without the folders every file of the dataset sits
+    in, so they do not depend on how deep ``source.path`` points), file stems or file names."""
+    dirs = [os.path.dirname(f) for f in all_files]
+    common = os.path.commonpath(dirs) if dirs and all(dirs) else ""
+    paths = files.map(lambda f: f[len(common) + 1:] if common else f)
+    return {"path": paths, "stem": paths.map(lambda p: Path(p).stem),
+            "name": paths.map(lambda p: Path(p).name)}[id_from].reset_index(drop=True)
+
+
+def _check_class_names(predictions: pd.DataFrame, class_names: list[str]) -> None:
+    recorded = predictions.attrs.get("lineage", {}).get("class_names")
+    if recorded != list(class_names):
+        raise lineage.LineageError("the predictions were made by a model of other classes than the current "
+                                   "split's. Re-run the stages after the split (--tags=cache,train,evaluate,submit)")
 
 
 def _evaluation_subset(predictions: pd.DataFrame, wanted: str) -> str:
@@ -283,3 +336,4 @@ def _evaluation_subset(predictions: pd.DataFrame, wanted: str) -> str:
 
 def _json_float(value: float) -> float | None:
     return None if pd.isna(value) else float(value)
+

@@ -8,9 +8,9 @@ saved artifacts: ``kedro run --pipelines=fruits --tags=evaluate``.
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import (build_image_cache, build_manifest, download_images, evaluate_predictions,
-                    make_submission, plot_confusion_matrix, plot_error_gallery, plot_learning_curves,
-                    plot_lr_schedule, plot_per_class_accuracy, plot_sample_batch, predict, train_model)
+from .nodes import (build_image_cache, build_manifest, download_images, evaluate_predictions, make_submission,
+                    plot_confusion_matrix, plot_error_gallery, plot_learning_curves, plot_lr_schedule,
+                    plot_per_class_accuracy, plot_sample_batch, predict, summarise_data, train_model)
 
 STAGES = ("download", "split", "cache", "train", "evaluate", "submit")
 
@@ -18,15 +18,17 @@ STAGES = ("download", "split", "cache", "train", "evaluate", "submit")
 def create_template() -> Pipeline:
     """download -> split -> cache -> train -> evaluate -> submit, without a namespace."""
     return Pipeline([
-        Node(download_images, "params:source", "raw_images", name="download_images", tags="download"),
+        Node(download_images, ["params:source", "downloads"], "raw_images", name="download_images", tags="download"),
         Node(build_manifest, ["raw_images", "params:source", "params:split"], ["manifest", "class_names"],
              name="build_manifest", tags="split"),
-        Node(build_image_cache, ["raw_images", "manifest", "class_names", "params:images"],
-             ["image_cache", "data_report"], name="build_image_cache", tags="cache"),
-        Node(train_model, ["image_cache", "class_names", "params:model", "params:images", "params:train"],
-             ["model_weights", "model_card", "training_history", "training_steps"],
-             name="train_model", tags="train"),
-        Node(predict, ["model_weights", "model_card", "image_cache", "manifest", "params:evaluate"],
+        Node(build_image_cache, ["raw_images", "manifest", "class_names", "params:images"], "image_cache",
+             name="build_image_cache", tags="cache"),
+        Node(summarise_data, ["manifest", "image_cache", "class_names", "params:split", "params:evaluate",
+                              "params:submission"], "data_report", name="summarise_data", tags="cache"),
+        Node(train_model, ["image_cache", "data_report", "checkpoint", "params:model", "params:images",
+                           "params:train", "params:compute"],
+             ["model_weights", "model_card", "training_history", "training_steps"], name="train_model", tags="train"),
+        Node(predict, ["model_weights", "model_card", "image_cache", "manifest", "params:evaluate", "params:compute"],
              "predictions", name="predict", tags="evaluate"),
         Node(evaluate_predictions, ["predictions", "class_names", "params:evaluate"], "metrics",
              name="evaluate_predictions", tags="evaluate"),
@@ -38,9 +40,9 @@ def create_template() -> Pipeline:
              tags="evaluate"),
         Node(plot_error_gallery, ["predictions", "raw_images", "params:evaluate"], "error_gallery_plot",
              name="plot_error_gallery", tags="evaluate"),
-        Node(plot_sample_batch, ["image_cache", "class_names", "params:train"], "sample_batch_plot",
+        Node(plot_sample_batch, ["image_cache", "params:train"], "sample_batch_plot",
              name="plot_sample_batch", tags="evaluate"),
-        Node(make_submission, ["predictions", "raw_images", "class_names", "params:submission"], "submission",
+        Node(make_submission, ["predictions", "manifest", "raw_images", "params:submission"], "submission",
              name="make_submission", tags="submit"),
     ])
 
