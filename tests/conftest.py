@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vision_pipelines.config import ComputeConfig, ImageConfig, ModelConfig, SourceConfig, SplitConfig
+
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -95,6 +97,30 @@ def fruits_like(tmp_path: Path) -> Path:
     return root
 
 
+# Settings the node tests share: class folders Training/<class>, Test/<class>, tiny images and net.
+FOLDERS_SOURCE = SourceConfig(kind="local", path="unused", train_dir="Training", test_dir="Test")
+SPLIT = SplitConfig(val_fraction=0.2, seed=43)
+IMAGES = ImageConfig(size=16)
+MODEL = ModelConfig(name="resnet9", width=8)
+CPU = ComputeConfig(device="cpu")
+
+
+def make_folders_dataset(root: Path, classes=("apple", "kiwi", "lime"), train: int = 10, test: int = 2) -> Path:
+    """``Training/<class>`` x ``train`` and ``Test/<class>`` x ``test`` made-up images."""
+    make_class_folders(root / "Training", list(classes), train)
+    make_class_folders(root / "Test", list(classes), test, start_seed=500)
+    return root
+
+
+def write_cache(build, folder: Path):
+    """Save a ``CacheBuild`` as the catalog does and load it back: an ``ImageCache``."""
+    from vision_pipelines.datasets import ImageCacheDataset
+
+    dataset = ImageCacheDataset(path=str(folder))
+    dataset.save(build)
+    return dataset.load()
+
+
 def make_project(project: Path) -> Path:
     """A throw-away copy of the project (conf, pyproject, telemetry opt-out) at ``project``."""
     project.mkdir(parents=True)
@@ -116,10 +142,12 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run_kedro(project: Path, pipeline: str, params: dict | None = None, env: str = "cpu",
-              tags: list[str] | None = None) -> None:
-    """``kedro run --pipelines=<pipeline> --env=<env> --params=...`` inside ``project``."""
+              tags: list[str] | None = None, load_versions: dict[str, str] | None = None) -> None:
+    """``kedro run --pipelines=<pipeline> --env=<env> --params=... [--tags ...] [--load-versions ...]``
+    inside ``project``, in this process."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
+    from kedro.runner import SequentialRunner
 
     nested: dict = {}
     for dotted, value in (params or {}).items():  # "fruits.train.epochs" -> nested dicts, as the CLI does
@@ -130,7 +158,7 @@ def run_kedro(project: Path, pipeline: str, params: dict | None = None, env: str
         node[leaf] = value
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=nested) as session:
-        session.run(pipeline_names=[pipeline], tags=tags)
+        session.run(pipeline_names=[pipeline], tags=tags, load_versions=load_versions, runner=SequentialRunner())
 
 
 def fast_params(dataset: str, **sections) -> dict:
@@ -186,3 +214,44 @@ def cut_stream_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+# --- notebook and kedro-viz ---
+
+
+@pytest.fixture(scope="session")
+def fruits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away project where a quick fruits run (three made-up classes) has finished.
+    Shared by the tests that only read a run's artifacts: do not change its data/."""
+    root = tmp_path_factory.mktemp("fruits_run")
+    classes = ["Apple", "Banana", "Kiwi"]
+    make_class_folders(root / "images" / "Training", classes, 12)
+    make_class_folders(root / "images" / "Test", classes, 4, start_seed=500)
+    project = make_project(root / "project")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        run_kedro(project, "fruits", fast_params("fruits", **{"source.kind": "local",
+                                                                "source.path": str(root / "images")}))
+    return project
+
+
+# --- prediction and export ---
+
+FP32_CPU = {"compute.device": "cpu", "compute.mixed_precision": False}  # exactly repeatable predictions
+
+
+@pytest.fixture(scope="session")
+def fruits_fp32_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away project where a quick fruits run (three made-up classes, images in
+    ``../images``) has finished in fp32 on the CPU. The prediction and export tests add their
+    own outputs to its data/; a test that changes the training's artifacts copies it first."""
+    root = tmp_path_factory.mktemp("fruits_fp32_run")
+    classes = ["Apple", "Banana", "Kiwi"]
+    make_class_folders(root / "images" / "Training", classes, 12)
+    make_class_folders(root / "images" / "Test", classes, 4, start_seed=500)
+    project = make_project(root / "project")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        source = {"source.kind": "local", "source.path": str(root / "images")}
+        run_kedro(project, "fruits", fast_params("fruits", **source, **FP32_CPU))
+    return project

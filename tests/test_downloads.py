@@ -1,27 +1,48 @@
-"""Downloads with fakes: a fake Kaggle client, fake torchvision datasets, a local HTTP server.
+"""Downloads with fakes: a fake Kaggle client, fake torchvision datasets, local HTTP servers.
 
-Nothing here reaches another host: the one real download goes to a server on 127.0.0.1.
+Nothing here reaches another host: real downloads go to servers on 127.0.0.1 (one that serves
+archives, one that cuts every download short, one that never answers).
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
+import io
+import json
+import logging
 import os
+import shutil
+import socket
 import sys
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import requests
 import torchvision
 import yaml
 from PIL import Image
+from requests.adapters import HTTPAdapter
 
-from conftest import PROJECT_ROOT, make_class_folders
+import vision_pipelines.sources.downloads as downloads_module
+from conftest import PROJECT_ROOT, fast_params, make_class_folders, make_project, run_kedro
 from vision_pipelines.config import SourceConfig
 from vision_pipelines.hooks import KaggleCredentialsHook
 from vision_pipelines.sources import DownloadError, MissingCredentialsError, fetch, scan
-from vision_pipelines.sources.downloads import (COMPLETE_MARKER, download_kaggle, download_torchvision,
-                                                kaggle_credentials_present)
+from vision_pipelines.sources.downloads import (
+    COMPLETE_MARKER,
+    download_kaggle,
+    download_torchvision,
+    download_url,
+    kaggle_credentials_present,
+)
 
 
 @pytest.fixture
@@ -54,6 +75,13 @@ class FakeKaggleApi:
             if self.fail_after_classes is not None and index >= self.fail_after_classes:
                 raise ConnectionResetError("connection reset by peer")
             make_class_folders(Path(path) / "fruits-360" / "Training", [name], 2)
+
+    def competition_download_files(self, competition: str, path: str, quiet: bool) -> None:
+        """As the real client does: ``<path>/<competition>.zip``, not extracted."""
+        self.calls.append(f"competition {competition}")
+        with zipfile.ZipFile(Path(path) / f"{competition}.zip", "w") as archive:
+            archive.writestr("train.csv", "id,label\n1,0\n")
+            archive.writestr("train/1.png", b"png")
 
 
 def test_kaggle_download_is_idempotent(tmp_path: Path, kaggle_credentials) -> None:
@@ -239,9 +267,8 @@ def test_fetch_kaggle_source_uses_the_real_client_factory(tmp_path: Path, kaggle
     for name, module in (("kaggle", SimpleNamespace()), ("kaggle.api", SimpleNamespace()),
                          ("kaggle.api.kaggle_api_extended", fake)):
         monkeypatch.setitem(sys.modules, name, module)
-    source = SourceConfig(kind="kaggle", dataset="moltean/fruits", download_dir=str(tmp_path / "dl"),
-                          train_dir="Training")
-    root = fetch(source)
+    source = SourceConfig(kind="kaggle", dataset="moltean/fruits", train_dir="Training")
+    root = fetch(source, tmp_path / "dl")
     assert root == tmp_path / "dl" / "moltean__fruits" and api.authenticated
     assert scan(root, source).class_names == ["Apple", "Kiwi"]
 
@@ -328,3 +355,286 @@ def by_file(found) -> dict[str, tuple]:
     """file -> (label, origin); a missing label reads None."""
     return {f: (None if pd.isna(label) else label, origin) for f, label, origin in
             zip(found.images["file"], found.images["label"], found.images["origin"])}
+
+
+# --- source.kind: url ---------------------------------------------------------------------------
+
+
+class ArchiveServer:
+    """Serves the files of a folder on 127.0.0.1 and counts the requests it answers."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=str(folder)))
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+
+
+@pytest.fixture
+def archives(tmp_path: Path, no_proxy) -> Iterator[ArchiveServer]:
+    """``fruits.zip`` and ``fruits.tar.gz``: fruits-360/Training and Test class folders."""
+    tree = tmp_path / "tree"
+    make_class_folders(tree / "fruits-360" / "Training", ["Apple", "Banana", "Kiwi"], 10)
+    make_class_folders(tree / "fruits-360" / "Test", ["Apple", "Banana", "Kiwi"], 3, start_seed=500)
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.make_archive(str(served / "fruits"), "zip", tree)
+    shutil.make_archive(str(served / "fruits"), "gztar", tree)
+    (served / "notes.txt").write_text("not an archive")
+    server = ArchiveServer(served)
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.mark.parametrize("name", ["fruits.zip", "fruits.tar.gz"])
+def test_archive_url_is_downloaded_once_extracted_and_scanned(tmp_path: Path, archives: ArchiveServer,
+                                                              name: str) -> None:
+    source = SourceConfig(kind="url", url=archives.url + name, train_dir="Training", test_dir="Test")
+
+    root = fetch(source, tmp_path / "downloads")
+
+    assert root.parent == tmp_path / "downloads" and root.name.startswith("url__fruits-")
+    assert (root / COMPLETE_MARKER).is_file() and not list(root.glob("fruits.*"))  # archive removed
+    found = scan(root, source)
+    assert found.class_names == ["Apple", "Banana", "Kiwi"]
+    assert found.images["origin"].value_counts().to_dict() == {"train": 30, "test": 9}
+    assert fetch(source, tmp_path / "downloads") == root
+    assert archives.requests == [f"/{name}"]  # one request: the second fetch downloaded nothing
+    assert [p.name for p in (tmp_path / "downloads").iterdir()] == [root.name]
+
+
+def test_url_source_trains_end_to_end_and_a_second_run_downloads_nothing(tmp_path: Path,
+                                                                         archives: ArchiveServer) -> None:
+    project = make_project(tmp_path / "project")
+    params = fast_params("fruits", **{"source.kind": "url", "source.url": archives.url + "fruits.zip"})
+
+    run_kedro(project, "fruits", params)
+    run_kedro(project, "fruits", params, tags=["download", "split"])
+
+    assert archives.requests == ["/fruits.zip"]
+    (download,) = (project / "data" / "01_raw" / "downloads").iterdir()
+    assert (project / "data" / "01_raw" / "fruits").resolve() == download
+    manifest = pd.read_parquet(project / "data" / "02_intermediate" / "fruits" / "manifest.parquet")
+    assert manifest["subset"].value_counts().to_dict() == {"train": 24, "test": 9, "val": 6}
+    metrics = list((project / "data" / "08_reporting" / "fruits" / "metrics.json").glob("*/metrics.json"))
+    assert len(metrics) == 1 and json.loads(metrics[0].read_text())["images"] == 9
+
+
+def test_a_folder_left_without_marker_is_downloaded_again(tmp_path: Path, archives: ArchiveServer) -> None:
+    """opendatasets takes any non-empty folder for a finished download; here only the marker counts."""
+    url = archives.url + "fruits.zip"
+    stale = tmp_path / downloads_module._url_folder(url)
+    make_class_folders(stale / "half", ["Apple"], 1)
+    root = download_url(url, tmp_path)
+    assert root == stale and not (root / "half").exists() and (root / "fruits-360" / "Training").is_dir()
+    assert archives.requests == ["/fruits.zip"]
+
+
+def test_a_download_that_is_no_archive_keeps_nothing(tmp_path: Path, archives: ArchiveServer) -> None:
+    with pytest.raises(DownloadError, match="no zip or tar archive.*nothing was kept"):
+        download_url(archives.url + "notes.txt", tmp_path / "downloads")
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_a_tar_member_leading_outside_is_refused(tmp_path: Path, no_proxy) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "evil.tar", "w") as archive:
+        data = b"owned"
+        member = tarfile.TarInfo("../../escaped.txt")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    server = ArchiveServer(served)
+    try:
+        with pytest.raises(DownloadError, match="evil.tar failed"):
+            download_url(server.url + "evil.tar", tmp_path / "a" / "downloads")
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert list((tmp_path / "a" / "downloads").iterdir()) == []
+
+
+def test_a_cut_download_is_an_error_not_an_archive(tmp_path: Path, cut_stream_url: str) -> None:
+    with pytest.raises(DownloadError, match="closed after 1,000 of 100,000 bytes.*nothing was kept"):
+        download_url(cut_stream_url + "data.zip", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_url_download_logs_its_start_progress_and_end(tmp_path: Path, archives: ArchiveServer,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(downloads_module, "PROGRESS_EVERY_S", 0.0)  # a progress line per chunk
+    monkeypatch.setattr(downloads_module, "CHUNK_BYTES", 4096)
+    caplog.set_level(logging.INFO, logger="vision_pipelines")
+    url = archives.url + "fruits.zip"
+    download_url(url, tmp_path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"downloading {url} into {tmp_path}") for line in lines)
+    progress = [line for line in lines if line.startswith("downloading fruits.zip: ")]
+    assert len(progress) > 1 and " B (" in progress[-1] and "B/s" in progress[-1]
+    assert any(line.startswith(f"downloaded {url} to ") for line in lines)
+
+
+@pytest.mark.parametrize("url, target, calls", [
+    ("https://www.kaggle.com/datasets/moltean/fruits", "moltean__fruits", ["moltean/fruits"]),
+    ("kaggle.com/moltean/fruits?select=Training", "moltean__fruits", ["moltean/fruits"]),
+    ("https://www.kaggle.com/competitions/digit-recognizer/data", "kaggle_competition__digit-recognizer",
+     ["competition digit-recognizer"]),
+    ("https://www.kaggle.com/c/digit-recognizer", "kaggle_competition__digit-recognizer",
+     ["competition digit-recognizer"]),
+])
+def test_kaggle_urls_use_the_client_and_never_prompt(tmp_path: Path, kaggle_credentials,
+                                                     monkeypatch: pytest.MonkeyPatch, url: str, target: str,
+                                                     calls: list[str]) -> None:
+    """opendatasets prompts for credentials when ./kaggle.json is missing, even with KAGGLE_KEY set."""
+    import click
+
+    monkeypatch.setattr(click, "prompt", lambda *a, **k: pytest.fail("asked for credentials on the console"))
+    monkeypatch.chdir(tmp_path)  # no ./kaggle.json here
+    api = FakeKaggleApi()
+
+    root = download_url(url, tmp_path / "downloads", api_factory=lambda: api)
+
+    assert root == tmp_path / "downloads" / target and api.calls == calls
+    if target.startswith("kaggle_competition"):  # extracted, archive removed
+        assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+            COMPLETE_MARKER, "train.csv", "train/1.png"]
+
+
+def test_kaggle_url_without_credentials_fails_fast_with_the_help(tmp_path: Path, no_kaggle_credentials,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import click
+
+    monkeypatch.setattr(click, "prompt", lambda *a, **k: pytest.fail("asked for credentials on the console"))
+    monkeypatch.chdir(tmp_path)
+    source = SourceConfig(kind="url", url="https://www.kaggle.com/competitions/titanic")
+    with pytest.raises(MissingCredentialsError, match="(?s)credentials.yml.*KAGGLE_USERNAME.*source.kind=local"):
+        fetch(source, tmp_path / "downloads")
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_google_drive_link_is_downloaded_by_file_id_and_extracted(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from opendatasets.utils import googledrive
+
+    asked = []
+
+    def fake_drive(file_id: str, root: str) -> str:  # opendatasets' download, without Google
+        asked.append(file_id)
+        shutil.make_archive(str(Path(root) / file_id), "zip", make_class_folders(tmp_path / "tree", ["a", "b"], 1))
+        return str(Path(root) / f"{file_id}.zip")
+
+    monkeypatch.setattr(googledrive, "download_file_from_google_drive", fake_drive)
+    root = download_url("https://drive.google.com/file/d/1AbC-d_9/view?usp=sharing", tmp_path / "downloads")
+    assert root.name == "gdrive__1AbC-d_9" and asked == ["1AbC-d_9"]
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg")) == ["a/0.jpg", "b/0.jpg"]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("not a url", "is not a Kaggle, Google Drive, http"),
+    ("https://www.kaggle.com/moltean", "not a Kaggle dataset or competition URL"),
+    ("https://drive.google.com/drive/folders", "a Google Drive link must name a file"),
+])
+def test_urls_that_name_no_download_are_refused(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(DownloadError, match=message):
+        download_url(url, tmp_path / "downloads")
+    assert not (tmp_path / "downloads").exists()
+
+
+# --- timeouts: a server that never answers ------------------------------------------------------
+
+PATIENCE_S = 20  # the silent server hangs up after this: code without a timeout fails, never hangs
+
+
+@pytest.fixture
+def silent_url(no_proxy) -> Iterator[str]:
+    """A server on 127.0.0.1 that accepts connections and sends nothing."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    held: list[tuple[socket.socket, float]] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        while not stop.is_set():
+            try:
+                held.append((server.accept()[0], time.monotonic()))
+            except OSError:
+                pass
+            for connection, since in held:
+                if time.monotonic() - since > PATIENCE_S:
+                    connection.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    stop.set()
+    thread.join()
+    for connection, _ in held:
+        connection.close()
+    server.close()
+
+
+@pytest.fixture
+def earlier_download(tmp_path: Path) -> Iterator[Path]:
+    """A complete download already in the folder: a failed one must leave it exactly as it was."""
+    earlier = tmp_path / "downloads" / "torchvision__CIFAR10"
+    make_class_folders(earlier / "train", ["a", "b"], 1)
+    (earlier / COMPLETE_MARKER).write_text("{}")
+    before = {p: p.stat().st_mtime_ns for p in earlier.rglob("*")}
+    yield tmp_path / "downloads"
+    assert {p: p.stat().st_mtime_ns for p in earlier.rglob("*")} == before
+    assert [p.name for p in (tmp_path / "downloads").iterdir()] == ["torchvision__CIFAR10"]  # no partial
+
+
+def test_url_download_from_a_silent_server_fails_after_the_timeout(silent_url: str, earlier_download: Path) -> None:
+    source = SourceConfig(kind="url", url=silent_url + "data.zip", timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"downloading {silent_url}data.zip failed \(nothing received for "
+                                            r"0.5 s \(source.timeout_s\)\); nothing was kept"):
+        fetch(source, earlier_download)
+    assert time.monotonic() - started < 5
+
+
+def test_torchvision_download_from_a_silent_mirror_fails_after_the_timeout(
+        silent_url: str, earlier_download: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [silent_url])
+    source = SourceConfig(kind="torchvision", dataset="FashionMNIST", timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"torchvision FashionMNIST failed \(nothing received for 0.5 s"):
+        fetch(source, earlier_download)
+    assert time.monotonic() - started < 5
+
+
+def test_kaggle_client_requests_get_the_timeout_too(silent_url: str, earlier_download: Path,
+                                                    kaggle_credentials) -> None:
+    """Kaggle's client (and Google Drive's download) use requests, which ignores the socket default."""
+
+    class RequestsApi(FakeKaggleApi):
+        def dataset_download_files(self, dataset: str, path: str, unzip: bool, quiet: bool) -> None:
+            requests.get(silent_url + "archive.zip")  # as the real client does: no timeout of its own
+
+    send, default = HTTPAdapter.send, socket.getdefaulttimeout()
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"Kaggle dataset moltean/fruits failed \(nothing received for 0.5 s"):
+        download_kaggle("moltean/fruits", earlier_download, api_factory=RequestsApi, timeout_s=0.5)
+    assert time.monotonic() - started < 5
+    assert (HTTPAdapter.send, socket.getdefaulttimeout()) == (send, default)  # restored afterwards

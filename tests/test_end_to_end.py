@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
 from pathlib import Path
 
 import pandas as pd
@@ -136,17 +135,3 @@ def test_intel_base_recipe_fine_tunes_pretrained_resnet34(kedro_project: Path, t
     card = json.loads(latest(kedro_project / "data/06_models/intel/model_card.json").read_text())
     assert card["model"]["name"] == "resnet34" and card["pretrained_init"] is True
     assert card["input"]["mean"] == [0.485, 0.456, 0.406]
-
-
-def test_missing_pretrained_weights_name_the_cache_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vision_pipelines.config import ModelConfig
-    from vision_pipelines.models import PretrainedWeightsMissing, build_model
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-
-    def offline(url, *args, **kwargs):  # what urllib raises with no network
-        raise urllib.error.URLError("no route to host")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(PretrainedWeightsMissing, match="empty_torch_home.*model.pretrained=false"):
-        build_model(ModelConfig(name="resnet34", pretrained=True), 3, 6)

@@ -1,47 +1,112 @@
-"""The training engine's choice of precision: bf16 autocast only where the device runs it natively."""
+"""The training engine (src/vision_pipelines/engine.py): a train step in the loader's precision,
+the kept epoch, the checkpoint written whole or not at all, the run-time estimate."""
 
 from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from vision_pipelines import engine
-from vision_pipelines.config import ImageConfig, TrainConfig
+from vision_pipelines.config import ComputeConfig, TrainConfig
+from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.models import ResNet9
 
-
-def cpu_with_bf16(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool = False) -> None:
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-
-
-def train_step(mixed_precision: bool) -> engine.TrainStep:
-    return engine.TrainStep(ResNet9(3, 4, width=4), TrainConfig(device="cpu", mixed_precision=mixed_precision),
-                            ImageConfig(size=16), torch.device("cpu"), total_steps=10)
+GENERATOR = torch.Generator().manual_seed(0)
+IMAGES = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=GENERATOR)
+LABELS = torch.arange(40) % 4
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True),
-                                                        (False, False, False)])
-def test_bf16_autocast_on_cpus_with_bf16_instructions_only(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool,
-                                                           amx: bool, expected: bool) -> None:
-    cpu_with_bf16(monkeypatch, avx512_bf16, amx)
-    assert engine.has_fast_bf16(torch.device("cpu")) is expected
-    assert train_step(mixed_precision=True).amp is expected
+def loader(mixed_precision: bool = True, **training) -> Loader:
+    return Loader.create(MemoryImages(IMAGES), LABELS, [0.5] * 3, [0.5] * 3, 8,
+                         ComputeConfig(device="cpu", mixed_precision=mixed_precision), **training)
 
 
-def test_mixed_precision_false_trains_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu_with_bf16(monkeypatch, avx512_bf16=True)
-    step = train_step(mixed_precision=False)
-    assert not step.amp
-    loss, logits = step.forward_backward(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+def test_train_step_in_bf16_updates_fp32_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    train = loader()
+    step = engine.TrainStep(ResNet9(3, 4, width=4), TrainConfig(), train, total_steps=10)
+    before = [p.detach().clone() for p in step.network.parameters()]
+    images, labels = next(iter(train))
+    loss, logits = step(images, labels)
+    assert train.amp and logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in step.network.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, step.network.parameters()))
+
+
+def test_train_step_in_fp32_when_mixed_precision_is_off() -> None:
+    train = loader(mixed_precision=False)
+    step = engine.TrainStep(ResNet9(3, 4, width=4), TrainConfig(), train, total_steps=10)
+    loss, logits = step(*next(iter(train)))
     assert logits.dtype == torch.float32 and torch.isfinite(loss)
 
 
-def test_bf16_step_computes_in_bf16_and_updates_fp32_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu_with_bf16(monkeypatch, avx512_bf16=True)
-    step = train_step(mixed_precision=True)
-    before = [p.detach().clone() for p in step.network.parameters()]
-    loss, logits = step.forward_backward(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
-    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
-    assert all(p.dtype == torch.float32 for p in step.network.parameters())
-    assert any(not torch.equal(b, p) for b, p in zip(before, step.network.parameters()))
+@pytest.mark.parametrize("keep, kept_epoch", [("last", 3), ("best_val_loss", None)])
+def test_fit_returns_the_kept_epoch_and_its_weights(keep: str, kept_epoch: int | None) -> None:
+    engine.seed_everything(0)
+    config = TrainConfig(epochs=3, batch_size=8, keep=keep)
+    result = engine.fit(ResNet9(3, 4, width=4), loader(crop_padding=config.crop_padding, flip=True), loader(), config)
+    best = int(result.history.loc[result.history["val_loss"].idxmin(), "epoch"])
+    assert result.kept_epoch == (kept_epoch or best)
+    assert list(result.history["epoch"]) == [1, 2, 3] and len(result.steps) == 3 * 5
+    assert result.device == "cpu" and result.world_size == 1
+
+
+def test_evaluate_and_predict_take_the_loader_s_settings() -> None:
+    network = ResNet9(3, 4, width=4).eval()
+    logits = engine.predict(network, loader())
+    assert logits.shape == (40, 4) and logits.dtype == torch.float32
+    loss, accuracy = engine.evaluate(network, loader())
+    assert loss > 0 and 0 <= accuracy <= 1
+    flipped = engine.predict(network, loader(), tta_flip=True)
+    assert not torch.allclose(flipped, logits)
+
+
+def test_checkpoint_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk fails with "No space left", names the file, and leaves the old checkpoint."""
+    path = tmp_path / "checkpoint.pt"
+    engine.write_atomically(path, b"previous checkpoint")
+    real_open = open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and ".partial" in str(file):
+            def no_space(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            handle.write = no_space
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    with pytest.raises(OSError, match=r"could not write .*checkpoint.pt \(0.0 MB\): No space left on device"):
+        engine.write_atomically(path, b"new checkpoint, never complete")
+    assert path.read_bytes() == b"previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no partial file left
+
+
+def test_a_long_cpu_run_is_announced_with_its_estimate(caplog: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU recipe started on a laptop says how long it will take, and how to get a CPU recipe."""
+    now = [0.0]
+    monkeypatch.setattr(engine.time, "time", lambda: now[0])
+    caplog.set_level(logging.INFO, logger="vision_pipelines.engine")
+    eta = engine.EtaReport(total_steps=500, device=torch.device("cpu"), after_steps=3)
+    for _ in range(5):
+        now[0] += 10  # 10 s per step
+        eta.step()
+    assert "about 83 min of training for 500 steps" in caplog.text
+    assert "will take about 83 min" in caplog.text and "--env=cpu" in caplog.text
+    assert caplog.text.count("of training for 500 steps") == 1  # said once
+
+
+def test_deterministic_option_forces_deterministic_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        engine.seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -1,8 +1,11 @@
 """The fault matrix: each fault gives a clear error or a counted skip, and nothing already
-produced is lost: bad files, odd image modes, odd class folders, missing Kaggle credentials, a
-download cut off half-way, invalid parameters, an unwritable output folder, tampered model files.
+produced is lost: bad files, odd image modes, odd class folders, too few images, missing Kaggle
+credentials, a download cut off half-way, invalid parameters, an unwritable output folder,
+tampered or mismatched model files, artifacts of different runs paired, concurrent runs, and
+runs interrupted (Ctrl-C, SIGTERM, SIGKILL) at any stage.
 
-(tests/test_downloads.py covers the download code paths themselves in more detail.)"""
+(tests/test_downloads.py and tests/test_sources.py cover downloads and layouts in more detail;
+tests/test_cache.py a cache build killed half-way, tests/test_datasets.py a full disk.)"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,28 +23,28 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from kedro.io import DatasetError
 import torchvision
 from PIL import Image
 
-from conftest import fast_params, make_class_folders, make_image, make_project, run_kedro
-from vision_pipelines.config import ConfigError
+from conftest import (FOLDERS_SOURCE, IMAGES, SPLIT, fast_params, latest, make_class_folders, make_folders_dataset,
+                      make_image, make_project, run_kedro, write_cache)
+from vision_pipelines.config import ConfigError, EvaluateConfig, SubmissionConfig
 from vision_pipelines.images import decode_image
+from vision_pipelines.lineage import LineageError
+from vision_pipelines.model_card import ModelCardError
 from vision_pipelines.pipelines.image_classification import nodes
 from vision_pipelines.sources import DownloadError, LayoutError
 from vision_pipelines.sources.downloads import COMPLETE_MARKER
 
-SOURCE = {"kind": "local", "path": "unused", "train_dir": "Training", "test_dir": "Test"}
-SPLIT = {"val_fraction": 0.2, "seed": 43}
-IMAGES = {"size": 16}
+KEDRO = str(Path(sys.executable).parent / "kedro")
 
 
 def dataset(root: Path, classes=("apple", "kiwi", "lime")) -> Path:
-    make_class_folders(root / "Training", list(classes), 6)
-    make_class_folders(root / "Test", list(classes), 2, start_seed=50)
-    return root
+    return make_folders_dataset(root, classes, train=6, test=2)
 
 
 def truncated_jpeg(path: Path) -> None:
@@ -65,14 +69,15 @@ def test_bad_file_is_skipped_with_a_warning_and_counted(name: str, tmp_path: Pat
     write, reason = BAD_FILES[name]
     write(root / "Training" / "kiwi" / name)
     caplog.set_level(logging.WARNING, logger="vision_pipelines")
-    manifest, classes = nodes.build_manifest(root, SOURCE, SPLIT)
-    cache, report = nodes.build_image_cache(root, manifest, classes, IMAGES)
+    manifest, classes = nodes.build_manifest(root, FOLDERS_SOURCE, SPLIT)
+    cache = write_cache(nodes.build_image_cache(root, manifest, classes, IMAGES), tmp_path / "cache")
+    report = nodes.summarise_data(manifest, cache, classes, SPLIT, EvaluateConfig(), SubmissionConfig())
     assert any(f"Training/kiwi/{name}" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert report["found"] == 25 and report["used"] == 24 and report["skipped"] == 1
     assert report["skipped_files"][0]["file"] == f"Training/kiwi/{name}"
     assert report["skipped_files"][0]["reason"].startswith(reason)
     assert report["per_class"]["kiwi"]["skipped"] == 1
-    assert sum(len(cache[f"{s}.labels"]) for s in ("train", "val", "test")) == 24
+    assert sum(cache.count(s) for s in ("train", "val", "test")) == 24
 
 
 def test_a_run_with_every_bad_file_completes(kedro_project: Path, tmp_path: Path) -> None:
@@ -87,7 +92,7 @@ def test_a_run_with_every_bad_file_completes(kedro_project: Path, tmp_path: Path
     lime = report["per_class"]["lime"]
     assert (lime["found"], lime["used"], lime["skipped"], lime["test"]) == (14, 8, 6, 2)
     assert report["image_sizes"]["most_common_sizes"] == {"24x24": 24}
-    assert (kedro_project / "data/07_model_output/fruits/submission.csv").is_file()
+    assert latest(kedro_project / "data/07_model_output/fruits/submission.csv").is_file()
 
 
 def pixel(image: Image.Image, channels: int = 3) -> np.ndarray:
@@ -122,7 +127,30 @@ def test_cmyk_jpeg_is_converted_to_rgb() -> None:
 
 def test_16_bit_png_is_scaled_not_clipped() -> None:
     grey16 = Image.fromarray(np.full((10, 10), 32768, dtype=np.uint16))
-    assert pixel(grey16, channels=1).tolist() == [127]
+    assert pixel(grey16, channels=1).tolist() == [128]
+
+
+def float_tiff(values: np.ndarray, path: Path) -> Path:
+    Image.fromarray(values.astype(np.float32), mode="F").save(path)
+    return path
+
+
+@pytest.mark.parametrize("low, high, expected", [(0.0, 1.0, [0, 255]), (0.0, 255.0, [0, 255]),
+                                                 (-3.5, 1200.0, [0, 255]), (0.25, 0.75, [64, 191])])
+def test_float_images_are_scaled_by_their_real_range(low: float, high: float, expected: list[int],
+                                                     tmp_path: Path) -> None:
+    """TIFF mode F: [0, 1] floats are fractions of white, [0, 255] are 8-bit values, anything
+    else is stretched from its minimum to its maximum (not clipped to [0, 1])."""
+    values = np.full((8, 8), low)
+    values[:, 4:] = high
+    array, _, mode = decode_image(float_tiff(values, tmp_path / "f.tif"), 8, 1)
+    assert mode == "F" and [array[0, 0, 0], array[0, 0, 7]] == expected
+
+
+def test_float_image_with_nan_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    path = float_tiff(np.full((8, 8), np.nan), tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        decode_image(path, 8, 1)
 
 
 def test_exif_rotated_jpeg_is_turned_upright(tmp_path: Path) -> None:
@@ -141,7 +169,7 @@ def test_exif_rotated_jpeg_is_turned_upright(tmp_path: Path) -> None:
 def test_empty_class_folder_is_not_a_class(tmp_path: Path) -> None:
     root = dataset(tmp_path / "raw")
     (root / "Training" / "melon").mkdir()
-    manifest, classes = nodes.build_manifest(root, SOURCE, SPLIT)
+    manifest, classes = nodes.build_manifest(root, FOLDERS_SOURCE, SPLIT)
     assert classes == ["apple", "kiwi", "lime"]
     assert "empty class folder" in manifest["reason"].tolist()
 
@@ -149,7 +177,7 @@ def test_empty_class_folder_is_not_a_class(tmp_path: Path) -> None:
 def test_class_only_in_test_is_skipped_with_reason(tmp_path: Path) -> None:
     root = dataset(tmp_path / "raw")
     make_class_folders(root / "Test", ["melon"], 2)
-    manifest, classes = nodes.build_manifest(root, SOURCE, SPLIT)
+    manifest, classes = nodes.build_manifest(root, FOLDERS_SOURCE, SPLIT)
     melon = manifest[manifest["label"] == "melon"]
     assert "melon" not in classes and len(melon) == 2
     assert set(melon["subset"]) == {"skipped"} and set(melon["reason"]) == {"class not in the training set"}
@@ -158,19 +186,17 @@ def test_class_only_in_test_is_skipped_with_reason(tmp_path: Path) -> None:
 def test_single_class_dataset_is_a_clear_error(tmp_path: Path) -> None:
     root = dataset(tmp_path / "raw", classes=("apple",))
     with pytest.raises(LayoutError, match="a classifier needs at least 2"):
-        nodes.build_manifest(root, SOURCE, SPLIT)
+        nodes.build_manifest(root, FOLDERS_SOURCE, SPLIT)
 
 
 def test_class_names_with_spaces_unicode_and_dots_travel_end_to_end(kedro_project: Path, tmp_path: Path) -> None:
     names = ("Apple Red 1", "Pomme de terre — déjà vu", "v1.2 banana")
     root = dataset(tmp_path / "raw", classes=names)
     run_kedro(kedro_project, "fruits", fast_params("fruits", **{"source.kind": "local", "source.path": str(root)}))
-    card = json.loads((kedro_project / "data/06_models/fruits/model_card.json").read_text(encoding="utf-8"))
+    card = json.loads(latest(kedro_project / "data/06_models/fruits/model_card.json").read_text(encoding="utf-8"))
     assert card["class_names"] == sorted(names)
-    submission = (kedro_project / "data/07_model_output/fruits/submission.csv").read_text(encoding="utf-8")
+    submission = latest(kedro_project / "data/07_model_output/fruits/submission.csv").read_text(encoding="utf-8")
     assert "Training" not in submission and len(submission.splitlines()) == 7
-
-
 
 
 # --- failures after a completed run: a clear error, and the earlier run's outputs untouched ----
@@ -206,12 +232,14 @@ def snapshot(project: Path) -> dict[str, tuple[bytes, int]]:
     """
     raw = (project / "data/01_raw/fruits").resolve()
     files = {f"raw/{p.relative_to(raw)}": p for p in raw.rglob("*") if p.is_file()}
-    files.update({str(p.relative_to(project)): p for p in (project / "data").rglob("*") if p.is_file()})
+    files.update({str(p.relative_to(project)): p for p in (project / "data").rglob("*")
+                  if p.is_file() and ".locks" not in p.parts})
     return {name: (path.read_bytes(), path.stat().st_mtime_ns) for name, path in files.items()}
 
 
-def raised_by_the_validation_hook(error: pytest.ExceptionInfo) -> bool:
-    return any(entry.name == "before_pipeline_run" for entry in error.traceback)
+def raised_before_any_node_ran(error: pytest.ExceptionInfo) -> bool:
+    """Raised by a hook that runs before the runner starts (parameters, output folders)."""
+    return any(entry.name in ("after_context_created", "before_pipeline_run") for entry in error.traceback)
 
 
 @pytest.mark.parametrize("setting, value, message", [
@@ -223,13 +251,27 @@ def raised_by_the_validation_hook(error: pytest.ExceptionInfo) -> bool:
     ("split.val_fraction", 1.0, "fruits.split.val_fraction must be in"),
     ("split.val_fraction", -0.1, "fruits.split.val_fraction must be in"),
     ("split.val_fraction", 0.0, "fruits.split.val_fraction \\+ split.test_fraction must be in \\(0, 1\\)"),
+    ("train.epochs", 2.5, "fruits.train.epochs must be an integer, got 2.5"),
+    ("train.epochs", "abc", "fruits.train.epochs must be an integer, got 'abc'"),
+    ("train.batch_size", 1.5, "fruits.train.batch_size must be an integer, got 1.5"),
+    ("images.size", 40.5, "fruits.images.size must be an integer, got 40.5"),
+    ("images.decode_workers", -1, "fruits.images.decode_workers must be a positive integer, got -1"),
+    ("train.distributed.nproc_per_node", 0, "fruits.train.distributed.nproc_per_node must be a positive integer"),
 ])
 def test_invalid_parameter_stops_the_run_before_any_work(finished_run, setting: str, value, message: str) -> None:
     project, params = finished_run
     before = snapshot(project)
     with pytest.raises(ConfigError, match=message) as error:
         run_kedro(project, "fruits", {**params, f"fruits.{setting}": value})
-    assert raised_by_the_validation_hook(error)
+    assert raised_before_any_node_ran(error)
+    assert snapshot(project) == before
+
+
+def test_params_for_a_dataset_that_does_not_exist_are_refused(finished_run) -> None:
+    project, params = finished_run
+    before = snapshot(project)
+    with pytest.raises(ConfigError, match="--params names 'fruitz', which is no dataset of this project"):
+        run_kedro(project, "fruits", {**params, "fruitz.train.epochs": 1})
     assert snapshot(project) == before
 
 
@@ -242,7 +284,7 @@ def test_unwritable_output_folder_stops_the_run_before_training(finished_run) ->
     before = snapshot(project)
     with pytest.raises(PermissionError, match="08_reporting/fruits is not writable") as error:
         run_kedro(project, "fruits", {**params, "fruits.train.epochs": 2})
-    assert raised_by_the_validation_hook(error)
+    assert raised_before_any_node_ran(error)
     assert snapshot(project) == before
 
 
@@ -267,15 +309,14 @@ def test_network_failure_mid_download_keeps_no_partial_data_and_loses_nothing(
     """The real torchvision download, cut off by the server: a clear error, no half download."""
     project, params = finished_run
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [cut_stream_url])
-    downloads = tmp_path / "downloads"
+    downloads = project / "data/01_raw/downloads"
     earlier = downloads / "torchvision__CIFAR10"  # another dataset, downloaded before
     make_class_folders(earlier / "train", ["cat", "dog"], 2)
     (earlier / COMPLETE_MARKER).write_text("{}")
     before, earlier_files = snapshot(project), sorted(earlier.rglob("*"))
     with pytest.raises(DownloadError, match="(?s)downloading torchvision FashionMNIST failed.*127.0.0.1"):
         run_kedro(project, "fruits", {**params, "fruits.source.kind": "torchvision",
-                                      "fruits.source.dataset": "FashionMNIST",
-                                      "fruits.source.download_dir": str(downloads)})
+                                      "fruits.source.dataset": "FashionMNIST"})
     assert [p.name for p in downloads.iterdir()] == ["torchvision__CIFAR10"]  # no .partial-*, no final folder
     assert sorted(earlier.rglob("*")) == earlier_files
     assert snapshot(project) == before
@@ -301,14 +342,279 @@ def test_tampered_checkpoint_is_refused_never_executed(finished_run, tmp_path: P
     run_kedro(project, "fruits", params)  # warns, trains from scratch
     assert not marker.exists()
     assert "checkpoint.pt is unreadable" in caplog.text and "training from scratch" in caplog.text
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3  # replaced by a clean one
+    assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] == 3  # replaced by a clean one
 
 
 def test_tampered_model_file_is_refused_at_load_never_executed(finished_run, tmp_path: Path) -> None:
     project, params = finished_run
     marker = tmp_path / "code_was_executed"
-    weights = project / "data/06_models/fruits/model.safetensors"
+    weights = latest(project / "data/06_models/fruits/model.safetensors")
     weights.write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(DatasetError, match="(?s)fruits.model_weights.*model.safetensors.*deserializ"):
         run_kedro(project, "fruits", params, tags=["evaluate"])
     assert not marker.exists()
+
+
+# --- artifacts of different runs or datasets are never paired in silence ---------------------
+
+
+def test_new_images_with_an_old_model_are_refused_naming_the_stage_to_rerun(finished_run, tmp_path: Path) -> None:
+    """The image folder changes; only download and split re-run; evaluate must not pair the new
+    manifest with the old cache and model."""
+    project, params = finished_run
+    raw = (project / "data/01_raw/fruits").resolve()
+    (raw / "Test" / "kiwi" / "0.jpg").unlink()
+    make_image(raw / "Test" / "lime" / "new.jpg", 2)
+    run_kedro(project, "fruits", params, tags=["download", "split"])
+    before = snapshot(project)
+    with pytest.raises(LineageError, match="image cache was built from another manifest.*--tags=cache,train"):
+        run_kedro(project, "fruits", params, tags=["evaluate", "submit"])
+    after = snapshot(project)
+    assert before.items() <= after.items()  # everything produced before is untouched
+    new = after.keys() - before.keys()  # plots of the old run's own history may be redrawn
+    assert not {n for n in new if any(k in n for k in ("predictions", "metrics", "submission"))}
+
+
+def test_another_dataset_s_model_dropped_in_place_is_refused(finished_run, tmp_path: Path) -> None:
+    project, params = finished_run
+    other = make_project(tmp_path / "other")
+    run_kedro(other, "fruits", {**params, "fruits.source.path": str(dataset(tmp_path / "other_raw", ("a", "b", "c"))),
+                                "fruits.train.seed": 7})
+    ours = latest(project / "data/06_models/fruits/model.safetensors")
+    ours.write_bytes(latest(other / "data/06_models/fruits/model.safetensors").read_bytes())
+    with pytest.raises(LineageError, match="weights are not the ones the model card describes"):
+        run_kedro(project, "fruits", params, tags=["evaluate"])
+
+
+def test_a_model_card_with_a_key_missing_is_a_clear_error(finished_run) -> None:
+    project, params = finished_run
+    card_path = latest(project / "data/06_models/fruits/model_card.json")
+    card = json.loads(card_path.read_text())
+    del card["input"]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match=r"the model card has no \['input'.*re-run the train stage"):
+        run_kedro(project, "fruits", params, tags=["evaluate"])
+
+
+def test_cifar_layout_with_repeated_file_stems_gets_unique_submission_ids(kedro_project: Path, tmp_path: Path) -> None:
+    """test/<class>/0.png, 1.png ... in every class: stems repeat, submission ids must not."""
+    root = tmp_path / "cifar"
+    make_class_folders(root / "train", ["cat", "dog", "ship"], 8, extension=".png")
+    make_class_folders(root / "test", ["cat", "dog", "ship"], 3, extension=".png", start_seed=300)
+    run_kedro(kedro_project, "cifar10", fast_params("cifar10", **{"source.kind": "local", "source.path": str(root)}))
+    submission = pd.read_csv(latest(kedro_project / "data/07_model_output/cifar10/submission.csv"), dtype=str)
+    assert len(submission) == 9 and submission["id"].is_unique
+    report = json.loads((kedro_project / "data/08_reporting/cifar10/data_report.json").read_text())
+    assert any("submission ids from id_from='stem' repeat" in w for w in report["warnings"])
+
+
+# --- data that cannot train stops before training, with the data report written --------------
+
+
+@pytest.mark.parametrize("fault, error", [
+    ("no readable training image", "0 readable training image"),
+    ("no image to submit", "submission.subset='predict' has no readable images"),
+])
+def test_data_that_cannot_train_stops_before_training_with_the_report_written(
+        fault: str, error: str, kedro_project: Path, tmp_path: Path) -> None:
+    root = dataset(tmp_path / "raw")
+    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(root)})
+    if fault == "no readable training image":
+        for image in (root / "Training").rglob("*.jpg"):
+            image.write_bytes(b"not a jpeg")
+    else:
+        params["fruits.submission.subset"] = "predict"
+    with pytest.raises(ValueError, match=error):
+        run_kedro(kedro_project, "fruits", params)
+    report = json.loads((kedro_project / "data/08_reporting/fruits/data_report.json").read_text())
+    assert any(error in e for e in report["errors"])
+    assert not [p for p in (kedro_project / "data/06_models").rglob("*") if p.is_file()]  # training never started
+
+
+def test_a_validation_fraction_that_leaves_one_training_image_stops_clearly(kedro_project: Path,
+                                                                           tmp_path: Path) -> None:
+    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(dataset(tmp_path / "raw")),
+                                      "split.val_fraction": 0.99999999})
+    with pytest.raises(ValueError, match="1 readable training image"):
+        run_kedro(kedro_project, "fruits", params)
+    report = json.loads((kedro_project / "data/08_reporting/fruits/data_report.json").read_text())
+    assert report["subsets"]["train"] == 1 and len(report["class_balance"]["below_minimum"]) == 3
+
+
+# --- one run of a dataset at a time; paths belong to the dataset and the project --------------
+
+
+def test_a_second_run_of_the_same_dataset_is_refused_naming_the_first(finished_run) -> None:
+    project, params = finished_run
+    from filelock import FileLock
+
+    lock_path = project / "data/.locks/fruits.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path):  # as a first run in progress holds it
+        lock_path.with_suffix(".json").write_text(json.dumps({"pid": 4242, "host": "here", "started": "10:00:00",
+                                                              "command": "kedro run --pipelines=fruits"}))
+        before = snapshot(project)
+        with pytest.raises(RuntimeError, match="another run of fruits is in progress in this project "
+                                               r"\(pid 4242 on here, started 10:00:00: kedro run --pipelines=fruits\)"):
+            run_kedro(project, "fruits", params)
+        assert snapshot(project) == before
+        run_kedro(project, "garbage", fast_params("garbage", **{"source.kind": "local", "source.path": params[
+            "fruits.source.path"], "source.train_dir": "Training"}), tags=["download", "split"])  # others go ahead
+    run_kedro(project, "fruits", params, tags=["evaluate"])  # and once the first is done, this one can run
+
+
+def test_a_dataset_copied_from_another_s_parameters_keeps_its_own_files(finished_run) -> None:
+    """conf/base/parameters_<new>.yml copied from fruits' (as the README suggests): the new
+    dataset's checkpoint and outputs are its own; fruits' are untouched."""
+    project, params = finished_run
+    fruits_yml = (project / "conf/base/parameters_fruits.yml").read_text()
+    (project / "conf/base/parameters_veggies.yml").write_text(fruits_yml.replace("fruits:", "veggies:", 1))
+    before = {k: v for k, v in snapshot(project).items() if "fruits" in k}
+    run_kedro(project, "veggies", {k.replace("fruits.", "veggies."): v for k, v in params.items()})
+    assert (project / "data/06_models/veggies/checkpoint.pt").is_file()
+    assert {k: v for k, v in snapshot(project).items() if "fruits" in k} == before
+
+
+def test_kedro_run_from_a_subfolder_writes_in_the_project(finished_run) -> None:
+    project, params = finished_run
+    notebooks = project / "notebooks"
+    notebooks.mkdir()
+    run = subprocess.run([KEDRO, "run", "--pipelines=fruits", "--env=cpu", "--tags=train,evaluate",
+                          "--params=" + ",".join(f"{k}={v}" for k, v in params.items())],
+                         cwd=notebooks, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert not (notebooks / "data").exists() and not (notebooks / "mlflow.db").exists()
+    assert len(list((project / "data/08_reporting/fruits/metrics.json").iterdir())) == 2
+
+
+# --- interrupted at any stage: exits within seconds, leaves no half files or orphan processes --
+
+SLOW_DOWN = '''
+import os, time, importlib
+target = os.environ.get("SLOW_DOWN")  # "module:attribute[.attribute]": make each call take SLOW_SECONDS
+if target:
+    module_name, path = target.split(":")
+    owner = importlib.import_module(module_name)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    original = getattr(owner, name)
+
+    def slowed(*args, **kwargs):
+        try:  # the first call anywhere (main process or worker) announces itself
+            os.close(os.open(os.environ["SLOW_STARTED"], os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        time.sleep(float(os.environ["SLOW_SECONDS"]))
+        return original(*args, **kwargs)
+
+    setattr(owner, name, slowed)
+'''
+
+
+def start_slowed(project: Path, params: dict, tmp_path: Path, target: str, seconds: float) -> subprocess.Popen:
+    """``kedro run`` in its own process group, with ``target`` made slow (a sitecustomize module),
+    so a test can interrupt it in the middle of that stage."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW_DOWN)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(site), "SLOW_DOWN": target,
+           "SLOW_SECONDS": str(seconds), "SLOW_STARTED": str(tmp_path / "slow_started")}
+    command = [KEDRO, "run", "--pipelines=fruits", "--env=cpu",
+               "--params=" + ",".join(f"{k}={v}" for k, v in params.items())]
+    process = subprocess.Popen(command, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "slow_started").exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.05)
+    return process
+
+
+def processes_of(token: str) -> list[int]:
+    """Pids of live processes whose command line mentions ``token`` (the run's unique data path)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and token in (proc / "cmdline").read_bytes().decode(errors="replace") \
+                    and (proc / "stat").read_text().split()[2] != "Z":
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def half_written(project: Path) -> list[Path]:
+    return [p for p in (project / "data").rglob("*") if ".partial" in p.name]
+
+
+def big_dataset(root: Path) -> Path:
+    """Enough images that the decode pool really runs (it starts at more than 64 files)."""
+    return make_folders_dataset(root, train=40, test=4)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_ctrl_c_during_the_parallel_decode_stops_at_once(attempt: int, finished_run, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's whole process group) while workers decode: one Ctrl-C is
+    enough, the run ends within seconds, no worker is left, the previous cache is whole."""
+    project, params = finished_run
+    cache_before = (project / "data/05_model_input/fruits/image_cache/index.json").read_bytes()
+    raw = big_dataset(tmp_path / f"big{attempt}")
+    params = {**params, "fruits.source.path": str(raw)}
+    process = start_slowed(project, params, tmp_path, "vision_pipelines.images:decode_image", 0.2)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=15)  # a hang fails here
+    assert process.returncode != 0
+    time.sleep(0.5)
+    assert processes_of(str(raw)) == []
+    assert (project / "data/05_model_input/fruits/image_cache/index.json").read_bytes() == cache_before
+    run_kedro(project, "fruits", params)  # the same command then completes
+    assert half_written(project) == []
+
+
+def test_killing_only_kedro_s_process_leaves_no_decode_worker_behind(finished_run, tmp_path: Path) -> None:
+    """As `timeout -s KILL` or the OOM killer do: the workers die with their parent."""
+    project, params = finished_run
+    raw = big_dataset(tmp_path / "big")
+    process = start_slowed(project, {**params, "fruits.source.path": str(raw)}, tmp_path,
+                           "vision_pipelines.images:decode_image", 0.2)
+    assert len(processes_of(str(raw))) >= 2  # kedro and its decode workers
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    deadline = time.time() + 10
+    while processes_of(str(raw)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert processes_of(str(raw)) == []
+
+
+def test_sigterm_during_training_stops_within_seconds_and_the_rerun_completes(finished_run, tmp_path: Path) -> None:
+    project, params = finished_run
+    params = {**params, "fruits.train.epochs": 4, "fruits.train.seed": 5}
+    process = start_slowed(project, params, tmp_path, "vision_pipelines.engine:TrainStep.__call__", 0.3)
+    started = time.time()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=15)
+    stderr = process.stderr.read()
+    assert process.returncode != 0 and time.time() - started < 15
+    assert "Aborted!" in stderr  # as after Ctrl-C: SIGTERM is a clean stop, not a crash
+    assert half_written(project) == []
+    run_kedro(project, "fruits", params)
+    assert half_written(project) == []
+
+
+def test_a_run_killed_during_training_is_never_taken_for_a_finished_one(finished_run, tmp_path: Path) -> None:
+    """Killed after the split and cache of new data: the old model now sits beside a new manifest
+    and cache. Evaluating refuses the pair; the same command then completes."""
+    project, params = finished_run
+    raw = dataset(tmp_path / "new", ("fig", "kiwi", "lime"))
+    params = {**params, "fruits.source.path": str(raw)}
+    process = start_slowed(project, params, tmp_path, "vision_pipelines.engine:TrainStep.__call__", 0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    with pytest.raises(LineageError, match="trained on another image cache"):
+        run_kedro(project, "fruits", params, tags=["evaluate"])
+    run_kedro(project, "fruits", params)
+    metrics = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
+    assert metrics["class_names"] == ["fig", "kiwi", "lime"]

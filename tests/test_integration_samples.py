@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_kedro, sample_dir
+from conftest import latest, run_kedro, sample_dir
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +34,16 @@ def test_pipeline_on_real_sample(dataset: str, kedro_project: Path) -> None:
     run_kedro(kedro_project, dataset, {f"{dataset}.source.kind": "local", f"{dataset}.source.path": str(root)})
     out = kedro_project / "data"
 
-    metrics = json.loads((out / f"08_reporting/{dataset}/metrics.json").read_text())
+    metrics = json.loads(latest(out / f"08_reporting/{dataset}/metrics.json").read_text())
     assert len(metrics["class_names"]) == classes
     assert metrics["accuracy"] >= min_accuracy, f"{dataset}: {metrics['accuracy']:.3f} on {metrics['images']} images"
 
-    card = json.loads((out / f"06_models/{dataset}/model_card.json").read_text())
+    card = json.loads(latest(out / f"06_models/{dataset}/model_card.json").read_text())
     assert card["class_names"] == metrics["class_names"]
     report = json.loads((out / f"08_reporting/{dataset}/data_report.json").read_text())
     assert report["used"] > 0 and report["subsets"]["train"] > report["subsets"]["val"] > 0
 
-    submission = pd.read_csv(out / f"07_model_output/{dataset}/submission.csv", dtype=str)
+    submission = pd.read_csv(latest(out / f"07_model_output/{dataset}/submission.csv"), dtype=str)
     manifest = pd.read_parquet(out / f"02_intermediate/{dataset}/manifest.parquet")
     assert submission.notna().all().all()
     if dataset == "apparel":  # exactly the sample submission's columns and rows, in its order
@@ -56,4 +56,5 @@ def test_pipeline_on_real_sample(dataset: str, kedro_project: Path) -> None:
         assert len(submission) == (manifest["subset"] == "predict").sum() == 30
     else:
         assert len(submission) == (manifest["subset"] == "test").sum()
+        assert submission["id"].is_unique  # cifar10's file stems repeat across class folders
         assert set(submission["label"]) <= set(card["class_names"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +18,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_class_folders, make_project
+from conftest import CPU, FOLDERS_SOURCE, SPLIT, latest, make_class_folders, make_folders_dataset, make_project, write_cache
 from vision_pipelines import engine
 from vision_pipelines.config import ImageConfig, ModelConfig, TrainConfig
-from vision_pipelines.models import build_model
+from vision_pipelines.pipelines.image_classification import nodes
 
 KEDRO = str(Path(sys.executable).parent / "kedro")
 # Wide enough that rich's console does not wrap the log lines the tests look for.
@@ -59,14 +60,14 @@ def finish(process: subprocess.Popen, project: Path) -> str:
 
 def checkpoint_epoch(path: Path) -> int:
     try:
-        return torch.load(path, weights_only=True)["epoch"]
+        return torch.load(path, weights_only=True)["state"]["epoch"]
     except Exception:  # noqa: BLE001 - not written yet
         return 0
 
 
 def outcome(project: Path) -> tuple[dict, pd.DataFrame]:
-    metrics = json.loads((project / "data/08_reporting/fruits/metrics.json").read_text())
-    history = pd.read_csv(project / "data/08_reporting/fruits/training_history.csv").drop(columns="seconds")
+    metrics = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
+    history = pd.read_csv(latest(project / "data/08_reporting/fruits/training_history.csv")).drop(columns="seconds")
     return metrics, history
 
 
@@ -86,37 +87,45 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, dat
     assert process.returncode == -signal.SIGKILL and 1 <= killed_at < EPOCHS
 
     log = finish(start(project, dataset), project)  # the same command again
-    assert f"resuming from {checkpoint.relative_to(project)} after epoch {killed_at}" in log
+    assert f"resuming from {checkpoint} after epoch {killed_at}" in log
     resumed_metrics, resumed_history = outcome(project)
     reference_metrics, reference_history = outcome(reference)
     assert resumed_metrics == reference_metrics
     pd.testing.assert_frame_equal(resumed_history, reference_history)
     weights = "data/06_models/fruits/model.safetensors"
-    assert (project / weights).read_bytes() == (reference / weights).read_bytes()
+    assert latest(project / weights).read_bytes() == latest(reference / weights).read_bytes()
 
 
 # --- the engine itself, in-process: what starts fresh and what resumes ------------------------
 
-IMAGE = ImageConfig(size=8)
+IMAGES = ImageConfig(size=8)
 MODEL = ModelConfig(width=4)
-GENERATOR = torch.Generator().manual_seed(0)
-TRAIN_X = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=GENERATOR)
-TRAIN_Y = torch.arange(40) % 3
-VAL_X, VAL_Y = TRAIN_X[:9], TRAIN_Y[:9]
 
 
-def fit(checkpoint: Path, train_x: torch.Tensor = TRAIN_X, **settings) -> engine.TrainResult:
-    """What the train node does: seed, build the model, fingerprint, fit (3 epochs of 5 steps)."""
-    config = TrainConfig(**{"epochs": 3, "batch_size": 8, "device": "cpu",
-                            "checkpoint_path": str(checkpoint), **settings})
-    engine.seed_everything(config.seed)
-    network = build_model(MODEL, 3, 3)
-    run_fingerprint = engine.fingerprint(config, IMAGE, MODEL, train_x, TRAIN_Y, VAL_Y)
-    return engine.fit(network, train_x, TRAIN_Y, VAL_X, VAL_Y, config, IMAGE, run_fingerprint)
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 training images of 3 classes (8 validate), and 6 test images."""
+    return make_folders_dataset(tmp_path_factory.mktemp("engine_data"), train=16, test=2)
+
+
+def cache_of(images: Path, folder: Path):
+    manifest, classes = nodes.build_manifest(images, FOLDERS_SOURCE, SPLIT)
+    return write_cache(nodes.build_image_cache(images, manifest, classes, IMAGES), folder)
+
+
+@pytest.fixture(scope="module")
+def cache(images: Path, tmp_path_factory: pytest.TempPathFactory):
+    return cache_of(images, tmp_path_factory.mktemp("engine_cache"))
+
+
+def train(cache, checkpoint: Path, **settings) -> engine.TrainResult:
+    """What the train node does (3 epochs of 5 steps), checkpointing to ``checkpoint``."""
+    config = TrainConfig(**{"epochs": 3, "batch_size": 8, **settings})
+    return engine.train(engine.TrainingJob(cache, MODEL, IMAGES, config, CPU, checkpoint))
 
 
 def interrupt_at_epoch(epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the next ``fit`` die (as Ctrl-C would) while validating ``epoch``, before its checkpoint."""
+    """Make the next run die (as Ctrl-C would) while validating ``epoch``, before its checkpoint."""
     evaluate, calls = engine.evaluate, []
 
     def dying_evaluate(*args, **kwargs):
@@ -129,60 +138,60 @@ def interrupt_at_epoch(epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("keep", ["last", "best_val_loss"])
-def test_interrupted_fit_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, keep: str,
+def test_interrupted_fit_resumes_to_exactly_the_uninterrupted_result(cache, tmp_path: Path, keep: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    reference = fit(tmp_path / "reference.pt", keep=keep)
+    reference = train(cache, tmp_path / "reference.pt", keep=keep)
     with monkeypatch.context() as patch:
         interrupt_at_epoch(3, patch)
         with pytest.raises(KeyboardInterrupt):
-            fit(tmp_path / "checkpoint.pt", keep=keep)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    resumed = fit(tmp_path / "checkpoint.pt", keep=keep)
+            train(cache, tmp_path / "checkpoint.pt", keep=keep)
+    assert checkpoint_epoch(tmp_path / "checkpoint.pt") == 2
+    resumed = train(cache, tmp_path / "checkpoint.pt", keep=keep)
     pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), reference.history.drop(columns="seconds"))
     pd.testing.assert_frame_equal(resumed.steps, reference.steps)
-    assert resumed.state_dict.keys() == reference.state_dict.keys()
-    assert all(torch.equal(resumed.state_dict[k], reference.state_dict[k]) for k in reference.state_dict)
-
-
-def changed_pixel() -> torch.Tensor:
-    images = TRAIN_X.clone()
-    images[0, 0, 0, 0] += 1
-    return images
+    assert resumed.kept_epoch == reference.kept_epoch
+    assert resumed.weights.keys() == reference.weights.keys()
+    assert all(torch.equal(resumed.weights[k], reference.weights[k]) for k in reference.weights)
 
 
 @pytest.mark.parametrize("change, message", [
     ({"max_lr": 0.02}, "other settings or data (train.max_lr 0.01 -> 0.02): training from scratch"),
-    ({"train_x": changed_pixel()}, "other settings or data (the training images, or the image or model "
-                                   "settings, differ): training from scratch"),
+    ({"cache": "edited"}, "other settings or data (the training images, or the image or model "
+                          "settings, differ): training from scratch"),
     ({"resume": False}, "train.resume=false: ignoring checkpoint"),
 ], ids=["settings", "data", "resume=false"])
-def test_changed_settings_or_data_or_resume_false_train_from_scratch(tmp_path: Path, change: dict, message: str,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_changed_settings_or_data_or_resume_false_train_from_scratch(
+        cache, images: Path, tmp_path: Path, change: dict, message: str, caplog: pytest.LogCaptureFixture) -> None:
     checkpoint = tmp_path / "checkpoint.pt"
-    fit(checkpoint)
+    train(cache, checkpoint)
+    if change.pop("cache", None):  # one image edited in place: same files, other pixels
+        edited = tmp_path / "edited"
+        shutil.copytree(images, edited)
+        make_class_folders(edited / "Training", ["apple"], 1, start_seed=12345)
+        cache = cache_of(edited, tmp_path / "edited_cache")
     caplog.set_level(logging.INFO, logger="vision_pipelines.engine")
     caplog.clear()  # only the second run's lines
-    fit(checkpoint, **change)
+    train(cache, checkpoint, **change)
     assert message in caplog.text and "epoch 1/3:" in caplog.text  # every epoch trained again
 
 
-def test_finished_checkpoint_with_run_only_changes_resumes_without_training(tmp_path: Path,
+def test_finished_checkpoint_with_run_only_changes_resumes_without_training(cache, tmp_path: Path,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     checkpoint = tmp_path / "checkpoint.pt"
-    first = fit(checkpoint)
+    first = train(cache, checkpoint)
     caplog.set_level(logging.INFO, logger="vision_pipelines.engine")
     caplog.clear()  # only the second run's lines
-    again = fit(checkpoint, deterministic=True, device="cpu")  # how it runs, not what it learns
+    again = train(cache, checkpoint, deterministic=True)  # how it runs, not what it learns
     assert "after epoch 3 of 3" in caplog.text and "epoch 1/3:" not in caplog.text
     pd.testing.assert_frame_equal(again.history, first.history)
 
 
-def test_damaged_checkpoint_costs_only_a_fresh_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_checkpoint_costs_only_a_fresh_start(cache, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     checkpoint = tmp_path / "checkpoint.pt"
-    fit(checkpoint)
+    train(cache, checkpoint)
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # e.g. a disk that filled up
     caplog.set_level(logging.INFO, logger="vision_pipelines.engine")
     caplog.clear()  # only the second run's lines
-    fit(checkpoint)
+    train(cache, checkpoint)
     assert "is unreadable" in caplog.text and "training from scratch" in caplog.text
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3  # replaced by a sound one
+    assert checkpoint_epoch(checkpoint) == 3  # replaced by a sound one

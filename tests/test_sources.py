@@ -1,19 +1,24 @@
 """Per-source adapter tests: each dataset's real layout, rebuilt from a few tiny made-up images.
 
 Class folders (Fruits-360, Intel, Garbage, CIFAR-10 exports) and the contest CSV layout
-(apparel), with the litter real archives carry, plus ``fetch`` of a local folder.
+(apparel), with the litter real archives carry, plus ``fetch`` of a local folder; then what
+is never read (links, names that are not UTF-8, CSV rows that lead elsewhere) and
+``list_images``, which lists a folder for prediction by the same rules.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import make_class_folders, make_image
-from vision_pipelines.config import SourceConfig
-from vision_pipelines.sources import LayoutError, fetch, scan
+from vision_pipelines import reporting
+from vision_pipelines.config import SourceConfig, SplitConfig
+from vision_pipelines.pipelines.image_classification import nodes
+from vision_pipelines.sources import LayoutError, fetch, list_images, scan
 
 
 def folders(**settings) -> SourceConfig:
@@ -247,15 +252,228 @@ def test_csv_missing_label_column_is_named(tmp_path: Path) -> None:
 
 def test_fetch_local_needs_an_existing_folder(tmp_path: Path) -> None:
     with pytest.raises(LayoutError, match=r"source\.path=.*nowhere: no such folder"):
-        fetch(SourceConfig(kind="local", path=str(tmp_path / "nowhere")))
+        fetch(SourceConfig(kind="local", path=str(tmp_path / "nowhere")), tmp_path / "dl")
     (tmp_path / "a_file.zip").write_bytes(b"PK")
     with pytest.raises(LayoutError, match="no such folder"):
-        fetch(SourceConfig(kind="local", path=str(tmp_path / "a_file.zip")))
+        fetch(SourceConfig(kind="local", path=str(tmp_path / "a_file.zip")), tmp_path / "dl")
     (tmp_path / "images").mkdir()
-    assert fetch(SourceConfig(kind="local", path=str(tmp_path / "images" / ".." / "images"))) == \
+    assert fetch(SourceConfig(kind="local", path=str(tmp_path / "images" / ".." / "images")), tmp_path / "dl") == \
         (tmp_path / "images").resolve()
 
 
 def test_scan_of_a_missing_root_is_a_layout_error(tmp_path: Path) -> None:
     with pytest.raises(LayoutError, match="does not exist"):
         scan(tmp_path / "gone", folders())
+
+
+# --- links: nothing outside the dataset is listed or read -------------------------------------
+
+FOLDER_LINK = "link to a folder (links to folders are not followed)"
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """A folder outside the dataset, standing in for /etc: its names must appear nowhere."""
+    make_image(tmp_path / "host" / "secret_passwd.jpg", 0)
+    make_image(tmp_path / "host" / "nested" / "secret_shadow.png", 1)
+    return tmp_path / "host"
+
+
+def everything_listed(found) -> str:
+    return " ".join(map(str, [*found.images["file"], *found.skipped["file"], *found.skipped["reason"]]))
+
+
+def test_links_to_folders_are_never_followed(tmp_path: Path, host: Path) -> None:
+    root = tmp_path / "data"
+    make_class_folders(root / "Training", ["a", "b"], 2)
+    (root / "Training" / "etc").symlink_to(host)  # would list the host's file names
+    (root / "Training" / "itself").symlink_to(".")  # would be a class holding copies of a and b
+    (root / "Training" / "a" / "more_b").symlink_to("../b")  # would list b's images as a's
+    (root / "Training" / "b" / "loop").symlink_to("..")  # a loop
+
+    found = scan(root, folders(train_dir="Training"))
+
+    assert found.class_names == ["a", "b"]
+    assert sorted(found.images["file"]) == ["Training/a/0.jpg", "Training/a/1.jpg", "Training/b/0.jpg",
+                                            "Training/b/1.jpg"]
+    assert skip_reasons(found) == {"Training/etc/": FOLDER_LINK, "Training/itself/": FOLDER_LINK,
+                                   "Training/a/more_b/": FOLDER_LINK, "Training/b/loop/": FOLDER_LINK}
+    assert "secret" not in everything_listed(found)
+
+
+def test_a_link_to_the_root_at_the_root_is_no_class(tmp_path: Path, host: Path) -> None:
+    make_class_folders(tmp_path / "data", ["cat", "dog"], 2)
+    (tmp_path / "data" / "zz_all").symlink_to(".")
+    (tmp_path / "data" / "etc").symlink_to(host)
+
+    found = scan(tmp_path / "data", folders())
+
+    assert found.class_names == ["cat", "dog"]
+    assert len(found.images) == 4
+    assert skip_reasons(found) == {"zz_all/": FOLDER_LINK, "etc/": FOLDER_LINK}
+
+
+def test_file_links_are_read_only_when_they_resolve_inside_the_dataset(tmp_path: Path, host: Path) -> None:
+    root = tmp_path / "data"
+    make_class_folders(root / "Training", ["a", "b"], 2)
+    a = root / "Training" / "a"
+    (a / "same_as_b0.jpg").symlink_to("../b/0.jpg")  # inside: read, labelled by its own folder
+    (a / "passwd.jpg").symlink_to(host / "secret_passwd.jpg")
+    (a / "gone.jpg").symlink_to("nowhere.jpg")
+    (a / "ping.jpg").symlink_to("pong.jpg")
+    (a / "pong.jpg").symlink_to("ping.jpg")
+    os.mkfifo(a / "pipe.jpg")  # reading it would block forever
+
+    found = scan(root, folders(train_dir="Training"))
+
+    assert dict(zip(found.images["file"], found.images["label"]))["Training/a/same_as_b0.jpg"] == "a"
+    assert skip_reasons(found) == {
+        "Training/a/passwd.jpg": "link outside the dataset",
+        "Training/a/gone.jpg": "broken link",
+        "Training/a/ping.jpg": "broken link",
+        "Training/a/pong.jpg": "broken link",
+        "Training/a/pipe.jpg": "not a regular file",
+    }
+    assert "secret" not in everything_listed(found)
+
+
+def test_the_root_itself_may_be_a_link(tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "real" / "Training", ["a", "b"], 2)
+    (tmp_path / "raw").symlink_to(tmp_path / "real")  # as data/01_raw/<dataset> links to a download
+    (tmp_path / "real" / "Training" / "a" / "twin.jpg").symlink_to(tmp_path / "raw" / "Training" / "b" / "0.jpg")
+
+    found = scan(tmp_path / "raw", folders(train_dir="Training"))
+
+    assert found.class_names == ["a", "b"]
+    assert "Training/a/twin.jpg" in found.images["file"].tolist()  # resolves inside the root's target
+    assert found.skipped.empty
+
+
+def test_a_configured_folder_that_is_a_link_is_refused_by_name(tmp_path: Path, host: Path) -> None:
+    make_class_folders(tmp_path / "data" / "Training", ["a", "b"], 2)
+    (tmp_path / "data" / "Test").symlink_to(host)
+    with pytest.raises(LayoutError, match="'Test' under .* is a link to a folder .*not followed"):
+        scan(tmp_path / "data", folders(train_dir="Training", test_dir="Test"))
+    with pytest.raises(LayoutError, match="no folder named 'nested'"):  # never searched through the link
+        scan(tmp_path / "data", folders(train_dir="Training", test_dir="nested"))
+
+
+def test_a_csv_or_image_folder_reached_through_a_link_is_never_read(tmp_path: Path) -> None:
+    outside = write_csv_layout(tmp_path / "elsewhere", [("1", "0"), ("2", "1")], ["3"])
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "train_X").symlink_to(outside / "train_X")
+    with pytest.raises(LayoutError, match="no file matching 'train\\*/train.csv'"):
+        scan(root, contest_csv(class_names=NAMES))
+    (root / "train_X").unlink()
+    (root / "train_X").mkdir()
+    (root / "train_X" / "train.csv").write_text("id,label\n1,0\n")
+    (root / "train_X" / "train").symlink_to(outside / "train_X" / "train")
+    with pytest.raises(LayoutError, match="is a link or lies outside"):
+        scan(root, contest_csv(class_names=NAMES, test_csv=None))
+
+
+# --- names that are not UTF-8 ------------------------------------------------------------------
+
+
+def write_bytes_named(folder: Path, name: bytes, data: bytes) -> None:
+    """A file whose name is raw bytes (not necessarily UTF-8), as foreign archives produce."""
+    descriptor = os.open(os.fsencode(folder) + b"/" + name, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(descriptor, data)
+    os.close(descriptor)
+
+
+def test_names_that_are_not_utf8_are_skipped_and_the_manifest_saves(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data" / "Training", ["a", "b", "c"], 3).parent
+    image = (root / "Training" / "a" / "0.jpg").read_bytes()
+    write_bytes_named(root / "Training" / "a", b"bad\xff.jpg", image)
+    os.mkdir(os.fsencode(root / "Training") + b"/caf\xe9")  # Latin-1 "café"
+    write_bytes_named(root / "Training" / "a", b"../caf\xe9/0.jpg", image)
+    write_bytes_named(root / "Training" / "a", b"../caf\xe9/1.jpg", image)
+
+    manifest, classes = nodes.build_manifest(root, folders(train_dir="Training"), SplitConfig(val_fraction=0.2))
+    manifest.to_parquet(tmp_path / "manifest.parquet")  # Arrow stores text: no UnicodeEncodeError
+
+    assert classes == ["a", "b", "c"]
+    skipped = manifest[manifest["subset"] == "skipped"].set_index("file")["reason"].to_dict()
+    assert skipped == {"Training/a/bad\\xff.jpg": "file name is not valid UTF-8",
+                       "Training/caf\\xe9/": "folder name is not valid UTF-8 (2 file(s) in it not used)"}
+    assert (manifest["subset"] != "skipped").sum() == 9
+    assert pd.read_parquet(tmp_path / "manifest.parquet")["file"].tolist() == manifest["file"].tolist()
+
+
+# --- contest CSV rows that cannot be trusted -----------------------------------------------------
+
+
+def test_csv_ids_that_are_not_plain_file_names_are_skipped_and_counted(tmp_path: Path) -> None:
+    write_csv_layout(tmp_path, [("1", "0"), ("2", "1"), ("3", "2"), ("/etc/passwd", "1"), ("../test/7", "0"),
+                                ("..\\..\\boot", "2"), ("", "1")],
+                     ["7"], train_images=["1", "2", "3"])
+
+    manifest, classes = nodes.build_manifest(tmp_path, contest_csv(class_names=NAMES), SplitConfig(val_fraction=0.5))
+
+    skipped = manifest[manifest["subset"] == "skipped"].set_index("file")["reason"].to_dict()
+    assert skipped == {
+        "train_X/train.csv row 4": "not a plain file name (id '/etc/passwd')",
+        "train_X/train.csv row 5": "not a plain file name (id '../test/7')",
+        "train_X/train.csv row 6": "not a plain file name (id '..\\\\..\\\\boot')",
+        "train_X/train.csv row 7": "empty id",
+    }
+    assert manifest["subset"].isin(["train", "val"]).sum() == 3 and (manifest["subset"] == "predict").sum() == 1
+    report = reporting.data_report(manifest, pd.DataFrame(columns=["file", "reason"]), classes)
+    assert report["skipped"] == 4
+    assert report["skipped_by_reason"] == {"not a plain file name": 3, "empty id": 1}
+
+
+@pytest.mark.parametrize("class_names", [NAMES, None])
+def test_csv_labels_written_as_floats_read_as_integers(tmp_path: Path, class_names) -> None:
+    """Labels saved through a float column (pandas, spreadsheets) read 6.0: they are label 6."""
+    rows = [("1", "0.0"), ("2", "2.0"), ("3", "1.0"), ("4", "1"), ("5", "02")]
+    write_csv_layout(tmp_path, rows + ([("6", "1.5")] if class_names else []), ["9"])
+
+    found = scan(tmp_path, contest_csv(class_names=class_names))
+
+    names = class_names or ["0", "1", "2"]
+    assert found.class_names == names
+    train = by_origin(found, "train")
+    assert dict(zip(train["file"], train["label"])) == {
+        "train_X/train/1.png": names[0], "train_X/train/2.png": names[2], "train_X/train/3.png": names[1],
+        "train_X/train/4.png": names[1], "train_X/train/5.png": names[2]}
+    if class_names:
+        assert skip_reasons(found) == {"train_X/train/6.png": "unknown label '1.5'"}
+
+
+# --- list_images: a folder to predict, by the same rules ----------------------------------------
+
+
+def test_list_images_of_a_folder_follows_the_dataset_rules(tmp_path: Path, host: Path) -> None:
+    folder = tmp_path / "to_predict"
+    make_image(folder / "b.jpg", 0)
+    make_image(folder / "day 1" / "a.PNG", 1)
+    make_image(folder / "__MACOSX" / "._b.jpg", 0)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "etc").symlink_to(host)
+    (folder / "passwd.jpg").symlink_to(host / "secret_passwd.jpg")
+    (folder / "again.jpg").symlink_to("b.jpg")
+    write_bytes_named(folder, b"bad\xff.jpg", (folder / "b.jpg").read_bytes())
+    (tmp_path / "link").symlink_to(folder)  # the folder given may itself be a link
+
+    files, skipped = list_images(tmp_path / "link")
+
+    assert [f.relative_to(folder).as_posix() for f in files] == ["again.jpg", "b.jpg", "day 1/a.PNG"]
+    assert all(f.is_file() for f in files)
+    assert sorted(skipped) == [("bad\\xff.jpg", "file name is not valid UTF-8"), ("etc/", FOLDER_LINK),
+                               ("notes.txt", "not an image file (notes.txt)"),
+                               ("passwd.jpg", "link outside the dataset")]
+
+
+def test_list_images_of_a_single_file(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "photo.jpeg", 0)
+    assert list_images(image) == ([image], [])
+    (tmp_path / "notes.txt").write_text("hello")
+    assert list_images(tmp_path / "notes.txt") == ([], [("notes.txt", "not an image file (notes.txt)")])
+    write_bytes_named(tmp_path, b"caf\xe9.jpg", image.read_bytes())
+    assert list_images(Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.jpg"))) == \
+        ([], [("caf\\xe9.jpg", "file name is not valid UTF-8")])
+    with pytest.raises(LayoutError, match="neither an image file nor a folder"):
+        list_images(tmp_path / "missing.jpg")

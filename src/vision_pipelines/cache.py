@@ -62,12 +62,6 @@ class CacheBuild:
     manifest_fingerprint: str
 
     @property
-    def fingerprint(self) -> str:
-        """What the cache's contents follow from: the split and how images are decoded."""
-        key = (FORMAT_VERSION, self.manifest_fingerprint, self.images.size, self.images.channels)
-        return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
-
-    @property
     def image_bytes(self) -> int:
         return self.images.channels * self.images.size ** 2
 
@@ -87,18 +81,23 @@ def write_cache(folder: Path, build: CacheBuild) -> None:
     log.info("decoding %d images to %d px into the image cache (%.2f GB)", len(build.files),
              build.images.size, build.nbytes / 1e9)
     build_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    shard_images = max(1, build.images.shard_mb * 2 ** 20 // build.image_bytes)
-    index = {"format_version": FORMAT_VERSION, "fingerprint": build.fingerprint,
-             "manifest_fingerprint": build.manifest_fingerprint, "size": build.images.size,
-             "channels": build.images.channels, "class_names": build.class_names, "subsets": {}}
+    shard_images = max(1, int(build.images.shard_mb * 2 ** 20 // build.image_bytes))
+    # The fingerprint covers the pixels themselves: images edited in place make another cache.
+    content = hashlib.sha256(repr((FORMAT_VERSION, build.manifest_fingerprint, build.images.size,
+                                   build.images.channels)).encode())
+    index = {"format_version": FORMAT_VERSION, "manifest_fingerprint": build.manifest_fingerprint,
+             "size": build.images.size, "channels": build.images.channels, "class_names": build.class_names,
+             "subsets": {}}
     decoded, started = [], time.time()
     bar = Progress(len(build.files), "decoding images", unit="img")
     for subset, files in build.files.groupby("subset", sort=False):
-        outcome = _write_subset(folder, f"{build_id}-{subset}", files, build, shard_images, bar)
+        content.update(subset.encode())
+        outcome = _write_subset(folder, f"{build_id}-{subset}", files, build, shard_images, bar, content)
         decoded += outcome.decoded
         if outcome.count:
             index["subsets"][subset] = outcome.entry()
     bar.close()
+    index["fingerprint"] = content.hexdigest()[:16]
     _save_frame(folder / f"{build_id}-decoded.parquet", pd.DataFrame(decoded, columns=DECODED_COLUMNS))
     index["decoded"] = f"{build_id}-decoded.parquet"
     skipped = sum(d["reason"] is not None for d in decoded)
@@ -126,7 +125,7 @@ class _SubsetWriter:
 
 
 def _write_subset(folder: Path, prefix: str, files: pd.DataFrame, build: CacheBuild,
-                  shard_images: int, bar: Progress) -> _SubsetWriter:
+                  shard_images: int, bar: Progress, content) -> _SubsetWriter:
     shape = (build.images.channels, build.images.size, build.images.size)
     writer = _SubsetWriter(prefix=prefix)
     buffer = np.empty((min(shard_images, len(files)), *shape), dtype=np.uint8)
@@ -137,6 +136,7 @@ def _write_subset(folder: Path, prefix: str, files: pd.DataFrame, build: CacheBu
         if filled:
             name = f"{prefix}-{len(writer.shards):05d}.npy"
             _save_array(folder / name, buffer[:filled])
+            content.update(buffer[:filled].tobytes())
             writer.shards.append({"file": name, "count": filled})
             filled = 0
 
@@ -159,8 +159,10 @@ def _write_subset(folder: Path, prefix: str, files: pd.DataFrame, build: CacheBu
             flush()
     flush()
     if writer.count:
-        _save_array(folder / f"{prefix}-labels.npy", np.asarray(writer.labels, dtype=np.int64))
-        _save_array(folder / f"{prefix}-rows.npy", np.asarray(writer.rows, dtype=np.int64))
+        for kind in ("labels", "rows"):
+            array = np.asarray(getattr(writer, kind), dtype=np.int64)
+            _save_array(folder / f"{prefix}-{kind}.npy", array)
+            content.update(array.tobytes())
     return writer
 
 

@@ -167,7 +167,7 @@ class ImageConfig(Settings):
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel, in [0, 1]
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     decode_workers: int | None = None  # processes decoding images; None = all cores
-    shard_mb: int = 256  # the cache is written in shards of about this size
+    shard_mb: float = 256.0  # the cache is written in shards of about this many megabytes
     # A training set larger than this is streamed from the cache's shards rather than held in
     # memory (GB; None = half the memory available when training starts).
     max_memory_gb: float | None = None
@@ -182,7 +182,7 @@ class ImageConfig(Settings):
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"images.std must be positive, got {self.std}")
         _check_range(self, "decode_workers", 1, high=None)
-        _check_range(self, "shard_mb", 1, high=None)
+        _check_range(self, "shard_mb", 0, low_open=True, high=None)
         _check_range(self, "max_memory_gb", 0, low_open=True, high=None)
 
 

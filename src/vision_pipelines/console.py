@@ -67,7 +67,9 @@ class Progress:
 
 
 def format_seconds(seconds: float) -> str:
-    """``42 s``, ``7 min``, ``3 h 20 min``."""
+    """``0.05 s``, ``42 s``, ``7 min``, ``3 h 20 min``."""
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -7,7 +7,7 @@ the new one, whole. A versioned dataset's new version only becomes visible (and 
 the latest) once its file is complete, so a half-finished run is never taken for a finished one.
 
 - ``JSONDataset``, ``CSVDataset``, ``ParquetDataset``, ``MatplotlibDataset``,
-  ``SafetensorsDataset``: kedro-datasets' own, saved atomically.
+  ``SafetensorsDataset``: kedro-datasets' own, saved atomically (a plot loads as its PNG image).
 - ``ImageFolderDataset``: a link to the folder of raw images.
 - ``ImageCacheDataset``: the sharded uint8 image cache (``cache.py``), committed by its index.
 - ``FileDataset``: bytes, such as an exported ONNX or TorchScript model.
@@ -28,6 +28,7 @@ from kedro_datasets.matplotlib import MatplotlibDataset as _MatplotlibDataset
 from kedro_datasets.pandas import CSVDataset as _CSVDataset
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 from kedro_datasets_experimental.safetensors import SafetensorsDataset as _SafetensorsDataset
+from PIL import Image
 
 from .cache import CacheBuild, ImageCache, write_cache
 
@@ -83,7 +84,14 @@ class ParquetDataset(AtomicSave, _ParquetDataset):
 
 
 class MatplotlibDataset(AtomicSave, _MatplotlibDataset):
-    """``matplotlib.MatplotlibDataset`` (one figure), saved atomically."""
+    """``matplotlib.MatplotlibDataset`` (one figure), saved atomically. kedro-datasets' own cannot
+    be loaded; this one loads the saved PNG as a PIL image, which a notebook displays."""
+
+    def load(self) -> Image.Image:
+        with self._fs.open(get_filepath_str(self._get_load_path(), self._protocol), "rb") as file:
+            image = Image.open(file)
+            image.load()
+        return image
 
 
 class SafetensorsDataset(AtomicSave, _SafetensorsDataset):
@@ -185,7 +193,7 @@ class ImageCacheDataset(AbstractDataset[CacheBuild, ImageCache]):
         return {"path": str(self._path)}
 
 
-class LocationDataset(AbstractDataset[None, Path]):
+class LocationDataset(AbstractDataset[Path, Path]):
     """A file or folder the project writes to while a node runs; loading gives its absolute path.
 
     Catalog paths are resolved under the project root, so ``kedro run`` from any folder (a
@@ -199,7 +207,7 @@ class LocationDataset(AbstractDataset[None, Path]):
     def load(self) -> Path:
         return self._path.absolute()
 
-    def save(self, data: None) -> None:
+    def save(self, data: Path) -> None:
         raise DatasetError(f"{self._path} is written by the node that uses it, not saved")
 
     def _exists(self) -> bool:

@@ -30,6 +30,7 @@ from torch import nn
 
 from .cache import ImageCache, ShardedImages
 from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
+from .distributed import sync_batchnorm
 from .loader import Loader, MemoryImages
 from .models import build_model, count_parameters
 from .console import Progress, format_seconds
@@ -70,7 +71,7 @@ class TrainStep:
     def __init__(self, network: nn.Module, config: TrainConfig, loader: Loader, total_steps: int) -> None:
         self.config, self.loader = config, loader
         if dist.is_initialized() and config.distributed.sync_batchnorm:
-            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+            network = sync_batchnorm(network, loader.device)
         self.network = network.to(loader.device, memory_format=loader.memory_format)
         self.model: nn.Module = self.network
         if dist.is_initialized():
@@ -275,9 +276,10 @@ class EtaReport:
         self.done += 1
         if self.done != self.after:
             return
-        seconds = (time.time() - self.started) / self.done * self.total
+        per_step = (time.time() - self.started) / self.done
+        seconds = per_step * self.total
         log.info("about %s of training for %d steps (%s per step)", format_seconds(seconds), self.total,
-                 format_seconds((time.time() - self.started) / self.done) if self.done else "?")
+                 format_seconds(per_step))
         if self.device.type == "cpu" and seconds > CPU_WARNING_SECONDS:
             log.warning("training on the CPU will take about %s with these settings, which are sized "
                         "for a GPU. `kedro run --env=cpu ...` trains a CPU-sized recipe in minutes.",

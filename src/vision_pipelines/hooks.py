@@ -16,11 +16,11 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 from kedro.framework.hooks import hook_impl
-from kedro.io import AbstractVersionedDataset
+from kedro.io import AbstractVersionedDataset, MemoryDataset
 from omegaconf import OmegaConf
 
 from .config import ConfigError, parse_dataset
-from .datasets import PARTIAL
+from .datasets import PARTIAL, LocationDataset
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class ValidateParametersHook:
 class RunGuardHook:
     """Around each run, for every dataset it touches:
 
-    - before any node runs, check each output folder is writable;
+    - before any node runs, check each output folder is writable, and that what the run reads
+      from earlier runs exists (a trained model for ``<dataset>_predict``, say);
     - hold a lock: a second run of the same dataset in this project is refused, naming the
       first, rather than mixing its outputs with the first's (other datasets run freely);
     - keep files an earlier, unversioned run left where versioned outputs now go, as a version;
@@ -97,6 +98,7 @@ class RunGuardHook:
         folders = sorted({folder for name in outputs if (folder := _folder_of(catalog, name))})
         for folder in folders:
             _check_writable(folder)
+        _check_inputs_exist(pipeline, catalog)
         project = Path(run_params.get("project_path") or Path.cwd())
         try:
             for dataset in namespaces(pipeline):
@@ -133,7 +135,8 @@ class RunSummaryHook:
     """End a run with what a user looks for: the score, and where the outputs are."""
 
     @hook_impl
-    def after_pipeline_run(self, pipeline, catalog) -> None:
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        project = Path(run_params.get("project_path") or Path.cwd())
         outputs = pipeline.all_outputs()
         for dataset in namespaces(pipeline):
             lines = []
@@ -148,7 +151,7 @@ class RunSummaryHook:
                     path = _saved_path(catalog, f"{dataset}.{entry}")
                     if what == "report folder":  # the folder the metrics entry lives in
                         path = Path(str(catalog.get(f"{dataset}.metrics")._filepath)).parent
-                    lines.append(f"{what}: {path}")
+                    lines.append(f"{what}: {path.relative_to(project) if path.is_relative_to(project) else path}")
             if lines:
                 log.info("%s done. %s", dataset, "\n  ".join(["", *lines]))
 
@@ -185,6 +188,18 @@ def _check_writable(folder: Path) -> None:
     except OSError as error:
         raise PermissionError(f"output folder {folder} is not writable ({error.strerror}): "
                               "fix its permissions before training, nothing has run yet") from error
+
+
+def _check_inputs_exist(pipeline, catalog) -> None:
+    """Refuse a run whose inputs an earlier run makes, and has not made yet, naming what to run."""
+    for name in sorted(pipeline.inputs()):
+        dataset = None if name.startswith("params:") or name == "parameters" else catalog.get(name)
+        if dataset is None or isinstance(dataset, (LocationDataset, MemoryDataset)) or dataset.exists():
+            continue
+        where = getattr(dataset, "_filepath", None) or getattr(dataset, "_path", "")
+        owner = name.split(".")[0]
+        raise FileNotFoundError(f"{name} has not been made yet (no {where}): run the training pipeline first, "
+                                f"which makes it: kedro run --pipelines={owner} (with the same --env)")
 
 
 def _lock(path: Path, dataset: str) -> FileLock:
@@ -233,7 +248,7 @@ def _remove_partial_files(folder: Path) -> None:
     left empty."""
     if not folder.is_dir():
         return
-    for partial in folder.rglob(f".*{PARTIAL}*"):
+    for partial in list(folder.rglob(f".*{PARTIAL}*")):
         if partial.is_file():
             partial.unlink()
             log.info("removed %s, left half-written by an interrupted run", partial)

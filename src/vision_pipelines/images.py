@@ -85,6 +85,7 @@ def _decode_job(job: tuple[str, int, int]) -> tuple[np.ndarray | None, tuple[int
 def _init_worker() -> None:
     """In each decode worker: leave Ctrl-C to the main process, and die with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool stops its workers with SIGTERM
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -85,7 +85,8 @@ def read_card(card: dict[str, Any], weights: dict[str, torch.Tensor] | None = No
         raise ModelCardError(f"model card format_version {version!r} is not the one this project reads "
                              f"({FORMAT_VERSION}): re-run the train stage (--tags=train) to write a new one")
     missing = [key for key in REQUIRED_KEYS if key not in card]
-    missing += [f"input.{key}" for key in ("size", "channels", "mean", "std") if key not in card.get("input", {})]
+    if "input" in card:
+        missing += [f"input.{key}" for key in ("size", "channels", "mean", "std") if key not in card["input"]]
     if missing:
         raise ModelCardError(f"the model card has no {missing}: it is damaged or was not written "
                              "by this project; re-run the train stage (--tags=train)")

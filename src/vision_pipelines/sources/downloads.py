@@ -1,25 +1,42 @@
-"""Downloads from Kaggle and torchvision, idempotent and atomic.
+"""Downloads from Kaggle, torchvision and URLs: idempotent, atomic, never waiting forever.
 
-A download goes into ``<download_dir>/<name>.partial-XXXX`` and is renamed to its final name
+A download goes into ``<downloads>/<name>.partial-XXXX`` and is renamed to its final name
 only once complete, with a ``.complete`` marker inside; a second run finds the marker and
 downloads nothing. An interrupted download leaves only a ``.partial-`` folder, which is never
 read as data and is removed by the next attempt.
+
+Every download runs under ``source.timeout_s``: a connection that receives nothing for that
+long fails it, whichever client opened the connection (``network_timeout``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from ..console import Progress, format_seconds
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
+DEFAULT_TIMEOUT_S = 60.0  # SourceConfig.timeout_s's default
+PROGRESS_EVERY_S = 10.0  # without a terminal, a progress line this often
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "vision-pipelines"
 
 
 class DownloadError(RuntimeError):
@@ -30,7 +47,8 @@ class MissingCredentialsError(DownloadError):
     """No Kaggle credentials were found."""
 
 
-def atomic_download(target: Path, fill: Callable[[Path], None], what: str) -> Path:
+def atomic_download(target: Path, fill: Callable[[Path], None], what: str,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
     """Run ``fill(staging_dir)`` once for ``target``; later calls return the finished folder."""
     target = Path(target)
     if (target / COMPLETE_MARKER).is_file():
@@ -41,9 +59,11 @@ def atomic_download(target: Path, fill: Callable[[Path], None], what: str) -> Pa
         log.warning("removing %s left by an interrupted download", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    log.info("downloading %s into %s", what, target)
     started = time.time()
     try:
-        fill(staging)
+        with network_timeout(timeout_s):
+            fill(staging)
     except MissingCredentialsError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -51,14 +71,59 @@ def atomic_download(target: Path, fill: Callable[[Path], None], what: str) -> Pa
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise
-        raise DownloadError(f"downloading {what} failed ({type(error).__name__}: {error}); "
-                            f"nothing was kept, {target} is unchanged") from error
+        cause = (f"nothing received for {timeout_s:g} s (source.timeout_s)" if _timed_out(error)
+                 else f"{type(error).__name__}: {error}")
+        raise DownloadError(f"downloading {what} failed ({cause}); nothing was kept, "
+                            f"{target} is unchanged") from error
     (staging / COMPLETE_MARKER).write_text(json.dumps({"source": what, "seconds": time.time() - started}))
     if target.exists():  # a folder without the marker: an old, incomplete copy
         shutil.rmtree(target)
     os.replace(staging, target)
-    log.info("downloaded %s to %s in %.0f s", what, target, time.time() - started)
+    log.info("downloaded %s to %s in %s", what, target, format_seconds(time.time() - started))
     return target
+
+
+@contextmanager
+def network_timeout(seconds: float) -> Iterator[None]:
+    """Inside, a connection that receives nothing for ``seconds`` fails with a timeout.
+
+    urllib (torchvision, ``download_archive``) takes the socket default timeout; requests
+    (Kaggle's client, Google Drive) passes "no timeout" explicitly unless told, so its adapter
+    is given one too. Both are process-wide, and restored on the way out.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        from requests.adapters import HTTPAdapter
+    except ImportError:  # no requests: nothing else to bound
+        HTTPAdapter = None
+    original = HTTPAdapter.send if HTTPAdapter else None
+
+    def send(adapter, request, stream=False, timeout=None, *args, **kwargs):
+        if timeout is None or (isinstance(timeout, (int, float)) and timeout > seconds):
+            timeout = seconds
+        return original(adapter, request, stream, timeout, *args, **kwargs)
+
+    if HTTPAdapter:
+        HTTPAdapter.send = send
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+        if HTTPAdapter:
+            HTTPAdapter.send = original
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    """True when ``error`` or what caused it is a timeout (urllib wraps it, requests chains it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, TimeoutError):
+            return True
+        reason = getattr(error, "reason", None)  # urllib.error.URLError
+        error = reason if isinstance(reason, BaseException) else (error.__cause__ or error.__context__)
+    return False
 
 
 # --- Kaggle ----------------------------------------------------------------------------------
@@ -91,22 +156,154 @@ def _kaggle_api():
     return api
 
 
-def download_kaggle(dataset: str, download_dir: Path, api_factory: Callable = _kaggle_api) -> Path:
-    """Download and unzip Kaggle dataset ``owner/slug`` into ``download_dir/owner__slug``."""
-    target = Path(download_dir) / dataset.replace("/", "__")
+def _kaggle_client(api_factory: Callable):
+    """The Kaggle client, built only when credentials exist: nothing ever prompts for them."""
+    if not kaggle_credentials_present():
+        raise MissingCredentialsError(CREDENTIALS_HELP)
+    return api_factory()
+
+
+def download_kaggle(dataset: str, downloads: Path, api_factory: Callable = _kaggle_api,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+    """Download and unzip Kaggle dataset ``owner/slug`` into ``downloads/owner__slug``."""
+    target = Path(downloads) / dataset.replace("/", "__")
 
     def fill(staging: Path) -> None:
-        if not kaggle_credentials_present():
-            raise MissingCredentialsError(CREDENTIALS_HELP)
-        api_factory().dataset_download_files(dataset, path=str(staging), unzip=True, quiet=False)
+        _kaggle_client(api_factory).dataset_download_files(dataset, path=str(staging), unzip=True, quiet=False)
 
-    return atomic_download(target, fill, f"Kaggle dataset {dataset}")
+    return atomic_download(target, fill, f"Kaggle dataset {dataset}", timeout_s)
+
+
+def download_kaggle_competition(competition: str, downloads: Path, api_factory: Callable = _kaggle_api,
+                                timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+    """Download and extract a Kaggle competition's files into ``downloads/kaggle_competition__<name>``
+    (its rules must have been accepted on kaggle.com)."""
+    target = Path(downloads) / f"kaggle_competition__{competition}"
+
+    def fill(staging: Path) -> None:
+        _kaggle_client(api_factory).competition_download_files(competition, path=str(staging), quiet=False)
+        _extract_archives(staging)
+
+    return atomic_download(target, fill, f"Kaggle competition {competition}", timeout_s)
+
+
+# --- URLs (source.kind: url) ----------------------------------------------------------------
+
+GOOGLE_DRIVE_ID = re.compile(r"/file/d/([\w-]+)|[?&]id=([\w-]+)")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz")
+
+
+def download_url(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 api_factory: Callable = _kaggle_api) -> Path:
+    """``source.kind: url``: a Kaggle dataset or competition page, a Google Drive file link, or
+    the URL of a zip or tar archive, told apart as ``opendatasets`` tells them apart.
+
+    opendatasets' own ``download`` is not called as a whole: it prompts for Kaggle credentials
+    when ``./kaggle.json`` is missing and takes any non-empty folder for a finished download.
+    Here nothing prompts, and ``atomic_download`` decides what is finished.
+    """
+    from opendatasets.utils.googledrive import is_google_drive_url
+    from opendatasets.utils.kaggle_direct import get_kaggle_dataset_id, is_kaggle_url
+    from opendatasets.utils.network import is_url
+
+    if is_kaggle_url(url):
+        try:
+            owner, slug = get_kaggle_dataset_id(url).split("/")
+        except AssertionError:
+            raise DownloadError(f"source.url={url}: not a Kaggle dataset or competition URL (expected "
+                                "kaggle.com/datasets/<owner>/<slug> or kaggle.com/competitions/<name>)") from None
+        if owner in ("c", "competitions"):
+            return download_kaggle_competition(slug, downloads, api_factory, timeout_s)
+        return download_kaggle(f"{owner}/{slug}", downloads, api_factory, timeout_s)
+    if is_google_drive_url(url):
+        return download_google_drive(url, downloads, timeout_s)
+    if is_url(url):
+        return download_archive(url, downloads, timeout_s)
+    raise DownloadError(f"source.url={url!r} is not a Kaggle, Google Drive, http(s) or ftp URL")
+
+
+def download_google_drive(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+    """A zip or tar archive shared on Google Drive, extracted into ``downloads/gdrive__<file id>``."""
+    from opendatasets.utils.googledrive import download_file_from_google_drive
+
+    match = GOOGLE_DRIVE_ID.search(url)
+    if not match:
+        raise DownloadError(f"source.url={url}: a Google Drive link must name a file "
+                            "(drive.google.com/file/d/<id>/... or ...?id=<id>)")
+    file_id = match.group(1) or match.group(2)
+
+    def fill(staging: Path) -> None:
+        download_file_from_google_drive(file_id, str(staging))
+        _extract_archives(staging)
+
+    return atomic_download(Path(downloads) / f"gdrive__{file_id}", fill, url, timeout_s)
+
+
+def download_archive(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+    """The zip or tar archive at ``url``, extracted into ``downloads/url__<name>-<hash of url>``."""
+
+    def fill(staging: Path) -> None:
+        _fetch_file(url, staging, timeout_s)
+        _extract_archives(staging)
+
+    return atomic_download(Path(downloads) / _url_folder(url), fill, url, timeout_s)
+
+
+def _fetch_file(url: str, folder: Path, timeout_s: float) -> Path:
+    """Stream ``url`` into ``folder``, showing progress; a short read is an error, not a file."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        path = folder / _file_name(response.headers.get_filename() or urllib.parse.urlparse(response.url).path)
+        total = response.length  # None when the server does not say
+        progress = Progress(total, f"downloading {path.name}", unit="B", every_s=PROGRESS_EVERY_S)
+        try:
+            with open(path, "wb") as file:
+                while chunk := response.read(CHUNK_BYTES):
+                    file.write(chunk)
+                    progress.update(len(chunk))
+        finally:
+            progress.close()
+    if total is not None and progress.done < total:
+        raise DownloadError(f"{url}: the connection closed after {progress.done:,} of {total:,} bytes")
+    log.info("received %s: %s bytes", url, f"{progress.done:,}")
+    return path
+
+
+def _file_name(name: str) -> str:
+    name = re.sub(r"[^\w.-]+", "_", Path(urllib.parse.unquote(name).replace("\\", "/")).name).strip("._")
+    return name or "download"
+
+
+def _url_folder(url: str) -> str:
+    """``url__<archive name without suffixes>-<8 hex of the URL>``: readable, and one per URL."""
+    stem = _file_name(urllib.parse.urlparse(url).path)
+    while stem.lower().endswith(ARCHIVE_SUFFIXES):
+        stem = stem.rsplit(".", 1)[0]
+    return f"url__{stem[:60] or 'download'}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def _extract_archives(folder: Path) -> None:
+    """Extract each zip or tar archive in ``folder`` in place, and delete it; none is an error."""
+    archives = [p for p in sorted(folder.iterdir()) if p.is_file() and (zipfile.is_zipfile(p) or tarfile.is_tarfile(p))]
+    if not archives:
+        raise DownloadError(f"the download holds no zip or tar archive ({[p.name for p in folder.iterdir()]})")
+    for archive in archives:
+        log.info("extracting %s", archive.name)
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as members:
+                members.extractall(folder)  # drops absolute paths and ".." from member names
+        else:
+            if not hasattr(tarfile, "data_filter"):
+                raise DownloadError("extracting tar archives safely needs Python >= 3.10.12 or 3.11.4")
+            with tarfile.open(archive) as members:
+                members.extractall(folder, filter="data")  # refuses links and paths leading outside
+        archive.unlink()
 
 
 # --- torchvision -----------------------------------------------------------------------------
 
 
-def download_torchvision(dataset: str, download_dir: Path) -> Path:
+def download_torchvision(dataset: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
     """Download a torchvision dataset and write it out in the layout its contest used.
 
     ``CIFAR10``: ``train/<class>/<n>.png`` and ``test/<class>/<n>.png``.
@@ -117,7 +314,7 @@ def download_torchvision(dataset: str, download_dir: Path) -> Path:
 
     if dataset not in EXPORTERS:
         raise DownloadError(f"source.dataset={dataset!r}: torchvision sources supported are {sorted(EXPORTERS)}")
-    target = Path(download_dir) / f"torchvision__{dataset}"
+    target = Path(downloads) / f"torchvision__{dataset}"
     dataset_class = getattr(torchvision.datasets, dataset)
 
     def fill(staging: Path) -> None:
@@ -126,7 +323,7 @@ def download_torchvision(dataset: str, download_dir: Path) -> Path:
         EXPORTERS[dataset](splits[True], splits[False], staging)
         shutil.rmtree(archive, ignore_errors=True)
 
-    return atomic_download(target, fill, f"torchvision {dataset}")
+    return atomic_download(target, fill, f"torchvision {dataset}", timeout_s)
 
 
 def _export_class_folders(train_set, test_set, out: Path) -> None:

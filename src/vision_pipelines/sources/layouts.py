@@ -4,11 +4,26 @@
 (labelled, kept for testing) or ``predict`` (unlabelled, to be predicted). Files that cannot be
 images, and rows that cannot be trusted, are returned as skipped with a reason, never dropped
 silently.
+
+What is read, in every layout and in ``list_images`` (one rule):
+
+- nothing outside the dataset's root folder is listed or read; the root itself may be a link
+  (``data/01_raw/<dataset>`` is one), and is judged by the folder it points to;
+- a link to a folder inside the dataset is never followed: it is skipped, ``link to a folder``;
+  so a link to ``/etc`` lists nothing, a link to ``.`` is no class, and a link loop is never walked;
+- a link to a file is read only when it resolves inside the root; otherwise it is skipped
+  (``link outside the dataset``, ``broken link``);
+- a file or folder whose name is not valid UTF-8 is skipped under an escaped, printable form of
+  its name (``bad\\xff.jpg``), since the manifest (Parquet) stores text;
+- a contest CSV row whose id is not a plain file name (empty, absolute, with ``/``, ``\\``) is
+  skipped as ``<csv> row <n>``; integral labels written as floats (``6.0``) read as integers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +38,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 IGNORED_DIRS = frozenset({"__MACOSX", ".ipynb_checkpoints"})
 MAX_SEARCH_DEPTH = 3
 COLUMNS = ["file", "label", "origin"]
+SKIPPED_COLUMNS = ["file", "label", "reason"]
 
 
 class LayoutError(ValueError):
@@ -43,9 +59,29 @@ def scan(root: Path, source: SourceConfig) -> Scan:
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"dataset folder {root} does not exist or is not a folder")
+    root = root.resolve()  # the root may be a link: what lies below is judged against its target
     found = scan_folders(root, source) if source.layout == "folders" else scan_csv(root, source)
     _check_classes(found, root)
     return found
+
+
+def list_images(path: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files in folder ``path`` (at any depth), or ``path`` itself if it is an image file,
+    by the rules ``scan`` follows: links, names, non-image files.
+
+    Returns the files (under ``path`` resolved, in sorted order) and what was skipped, as
+    ``(printable path relative to path, reason)``.
+    """
+    path = Path(path)
+    if path.is_file():  # the root may be a link
+        reason = _name_problem(path.name, "file") or _image_problem(path.name)
+        return ([], [(printable(path.name), reason)]) if reason else ([path.resolve()], [])
+    if not path.is_dir():
+        raise LayoutError(f"{path} is neither an image file nor a folder")
+    root = path.resolve()
+    skipped: list[dict] = []
+    files = _images_below(root, root, None, skipped)
+    return files, [(row["file"], row["reason"]) for row in skipped]
 
 
 # --- class folders ---------------------------------------------------------------------------
@@ -66,42 +102,43 @@ def scan_folders(root: Path, source: SourceConfig) -> Scan:
         _list_class_folders(test_root, root, "test", rows, skipped)
     if source.predict_dir:
         predict_root = locate_dir(root, source.predict_dir)
-        for path in sorted(_files(predict_root, recursive=True)):
-            _add_file(path, root, None, "predict", rows, skipped)
-    return Scan(_frame(rows, COLUMNS), _frame(skipped, ["file", "label", "reason"]), class_names)
+        for path in _images_below(predict_root, root, None, skipped):
+            rows.append({"file": _rel(path, root), "label": None, "origin": "predict"})
+    return Scan(_frame(rows, COLUMNS), _frame(skipped, SKIPPED_COLUMNS), class_names)
 
 
 def _list_class_folders(folder: Path, root: Path, origin: str, rows: list, skipped: list) -> list[str]:
     classes = []
-    for class_dir in sorted(_subdirs(folder)):
+    for entry in _entries(folder):
+        path = Path(entry.path)
+        if not os.path.isdir(entry.path):  # follows links: a link to a folder is reported below
+            if _has_image_suffix(entry.name):
+                skipped.append(_skipped(path, root, None, "image outside any class folder"))
+            continue
+        if entry.name in IGNORED_DIRS or entry.name.startswith("."):
+            continue
+        problem = _entry_problem(entry, root)
+        if problem:
+            skipped.append(_skipped(path, root, None, problem, folder=True))
+            continue
         before = len(rows)
-        for path in sorted(_files(class_dir, recursive=True)):
-            _add_file(path, root, class_dir.name, origin, rows, skipped)
+        for file in _images_below(path, root, entry.name, skipped):
+            rows.append({"file": _rel(file, root), "label": entry.name, "origin": origin})
         if len(rows) == before:
-            log.warning("class folder %s holds no images: it is not used as a class", class_dir)
-            skipped.append({"file": _rel(class_dir, root) + "/", "label": class_dir.name,
-                            "reason": "empty class folder"})
+            log.warning("class folder %s holds no images: it is not used as a class", path)
+            skipped.append(_skipped(path, root, entry.name, "empty class folder", folder=True))
         else:
-            classes.append(class_dir.name)
-    loose = [p for p in _files(folder, recursive=False) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    for path in loose:
-        skipped.append({"file": _rel(path, root), "label": None,
-                        "reason": "image outside any class folder"})
+            classes.append(entry.name)
     return classes
-
-
-def _add_file(path: Path, root: Path, label: str | None, origin: str, rows: list, skipped: list) -> None:
-    rel = _rel(path, root)
-    if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
-        skipped.append({"file": rel, "label": label, "reason": f"not an image file ({path.name})"})
-    else:
-        rows.append({"file": rel, "label": label, "origin": origin})
 
 
 def locate_dir(root: Path, name: str) -> Path:
     """The shallowest folder called ``name`` (or at relative path ``name``) within three levels."""
     direct = root / name
     if direct.is_dir():
+        if not _within(root, direct):
+            raise LayoutError(f"{name!r} under {root} is a link to a folder or leads outside it: links "
+                              "inside a dataset are not followed; point source.path at the folder itself")
         return unwrap(direct)
     level = [root]
     for _ in range(MAX_SEARCH_DEPTH):
@@ -119,25 +156,130 @@ def locate_dir(root: Path, name: str) -> Path:
 def unwrap(folder: Path) -> Path:
     """Descend through wrapper folders: a lone subfolder that itself holds only folders."""
     while True:
-        subdirs = list(_subdirs(folder))
-        has_images = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in _files(folder, recursive=False))
-        if len(subdirs) != 1 or has_images:
+        subdirs = _subdirs(folder)
+        if len(subdirs) != 1 or any(_has_image_suffix(name) for name in _file_names(folder)):
             return folder
         child = subdirs[0]
-        if any(not p.name.startswith(".") for p in _files(child, recursive=False)):
+        if any(not name.startswith(".") for name in _file_names(child)):
             # the lone subfolder holds files: it is a class folder, not a wrapper
             return folder
         folder = child
 
 
-def _subdirs(folder: Path):
-    return (d for d in folder.iterdir() if d.is_dir() and d.name not in IGNORED_DIRS
-            and not d.name.startswith("."))
+# --- what is read: one walk, one rule --------------------------------------------------------
 
 
-def _files(folder: Path, recursive: bool):
-    paths = folder.rglob("*") if recursive else folder.iterdir()
-    return (p for p in paths if p.is_file() and not any(part in IGNORED_DIRS for part in p.parts))
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    """Real folders (never links) that may belong to the dataset."""
+    return [Path(e.path) for e in _entries(folder) if e.is_dir(follow_symlinks=False)
+            and e.name not in IGNORED_DIRS and not e.name.startswith(".") and _is_utf8(e.name)]
+
+
+def _file_names(folder: Path) -> list[str]:
+    return [e.name for e in _entries(folder) if not os.path.isdir(e.path)]
+
+
+def _images_below(folder: Path, root: Path, label: str | None, skipped: list) -> list[Path]:
+    """Image files at any depth below ``folder``, in sorted order; everything else that is
+    there goes to ``skipped`` with its reason."""
+    images = []
+    for path in _walk(folder, root, label, skipped):
+        problem = _image_problem(path.name)
+        if problem:
+            skipped.append(_skipped(path, root, label, problem))
+        else:
+            images.append(path)
+    return images
+
+
+def _walk(folder: Path, root: Path, label: str | None, skipped: list) -> list[Path]:
+    files = []
+    for entry in _entries(folder):
+        path = Path(entry.path)
+        real_folder = entry.is_dir(follow_symlinks=False)
+        problem = _entry_problem(entry, root)
+        if problem:
+            skipped.append(_skipped(path, root, label, problem, folder=os.path.isdir(entry.path)))
+        elif real_folder:
+            if entry.name not in IGNORED_DIRS:
+                files += _walk(path, root, label, skipped)
+        else:
+            files.append(path)
+    return files
+
+
+def _entry_problem(entry: os.DirEntry, root: Path) -> str | None:
+    """Why ``entry`` is not read, or None: the rule in this module's docstring."""
+    real_folder = entry.is_dir(follow_symlinks=False)
+    problem = _name_problem(entry.name, "folder" if real_folder else "file")
+    if problem:
+        if real_folder:
+            count = sum(len(files) for _, _, files in os.walk(entry.path))
+            problem += f" ({count} file(s) in it not used)"
+        return problem
+    if entry.is_symlink():
+        target = os.path.realpath(entry.path)
+        if os.path.isdir(target):
+            return "link to a folder (links to folders are not followed)"
+        if not os.path.isfile(target):
+            return "broken link"
+        if not _inside(target, root):
+            return "link outside the dataset"
+        return None
+    if not (real_folder or entry.is_file(follow_symlinks=False)):
+        return "not a regular file"
+    return None
+
+
+def _name_problem(name: str, kind: str) -> str | None:
+    return None if _is_utf8(name) else f"{kind} name is not valid UTF-8"
+
+
+def _image_problem(name: str) -> str | None:
+    return None if _has_image_suffix(name) and not name.startswith(".") else f"not an image file ({printable(name)})"
+
+
+def _has_image_suffix(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # a name that is not UTF-8 on disk holds surrogates here
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 written as ``\\xff``: safe to store and show."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def _inside(path: str, root: Path) -> bool:
+    return os.path.commonpath([path, str(root)]) == str(root)
+
+
+def _within(root: Path, path: Path) -> bool:
+    """``path`` (``root / relative``) lies in the dataset: no ``..``, no link to a folder on the
+    way, and a link to a file resolves inside ``root``."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    if ".." in parts:
+        return False
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink() and (current != path or current.is_dir()):
+            return False
+    return _inside(os.path.realpath(path), root)
 
 
 # --- contest CSV ---------------------------------------------------------------------------
@@ -154,37 +296,54 @@ def scan_csv(root: Path, source: SourceConfig) -> Scan:
     if source.test_csv:
         _read_csv_rows(_find_one(root, source.test_csv), root, source, "predict", class_names,
                        rows, skipped)
-    return Scan(_frame(rows, COLUMNS), _frame(skipped, ["file", "label", "reason"]), class_names)
+    return Scan(_frame(rows, COLUMNS), _frame(skipped, SKIPPED_COLUMNS), class_names)
 
 
 def _read_csv_rows(csv_path: Path, root: Path, source: SourceConfig, origin: str,
                    class_names: list[str], rows: list, skipped: list) -> set[str]:
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding_errors="backslashreplace")
     labelled = origin == "train"
     needed = [source.id_column] + ([source.label_column] if labelled else [])
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise LayoutError(f"{csv_path} has no column(s) {missing}; its columns are {list(table.columns)}")
     ids = table[source.id_column].str.strip()
-    duplicates = sorted(set(ids[ids.duplicated()]))
+    duplicates = sorted(set(ids[ids.duplicated() & (ids != "")]))
     if duplicates:
         raise LayoutError(f"{csv_path} lists {len(duplicates)} id(s) more than once, e.g. "
                           f"{duplicates[:5]}: images and labels would be misaligned")
     image_dir = csv_path.parent / source.image_dir.format(csv_stem=csv_path.stem)
     if not image_dir.is_dir():
         raise LayoutError(f"image folder {image_dir} for {csv_path.name} does not exist")
-    on_disk = {p.name: p for p in _files(image_dir, recursive=False)}
+    if not _within(root, image_dir):
+        raise LayoutError(f"image folder {image_dir} for {csv_path.name} is a link or lies outside {root}: "
+                          "links inside a dataset are not followed")
+    on_disk, not_read = {}, set()
+    for entry in _entries(image_dir):
+        problem = _entry_problem(entry, root)
+        if problem:
+            not_read.add(entry.name)
+            skipped.append(_skipped(Path(entry.path), root, None, problem, folder=os.path.isdir(entry.path)))
+        elif not entry.is_dir(follow_symlinks=False):
+            on_disk[entry.name] = Path(entry.path)
+    raw_labels = table[source.label_column] if labelled else [None] * len(table)
+    csv_rel = _rel(csv_path, root)
     listed: set[str] = set()
     found_labels: set[str] = set()
-    for index, image_id in enumerate(ids):
+    for number, (image_id, raw) in enumerate(zip(ids, raw_labels), start=1):
+        label = _csv_label(raw, class_names) if labelled else None
+        problem = _id_problem(image_id)
+        if problem:
+            skipped.append({"file": f"{csv_rel} row {number}", "label": label or raw, "reason": problem})
+            continue
         name = image_id + source.image_extension
         listed.add(name)
-        label = _csv_label(table[source.label_column].iloc[index], class_names) if labelled else None
         rel = _rel(image_dir / name, root)
+        if name in not_read:
+            continue  # already skipped, with the reason it cannot be read
         if name not in on_disk:
             skipped.append({"file": rel, "label": label, "reason": f"listed in {csv_path.name} but no image file"})
         elif labelled and label is None:
-            raw = table[source.label_column].iloc[index]
             skipped.append({"file": rel, "label": raw, "reason": f"unknown label {raw!r}"})
         else:
             rows.append({"file": rel, "label": label, "origin": origin})
@@ -196,25 +355,45 @@ def _read_csv_rows(csv_path: Path, root: Path, source: SourceConfig, origin: str
     return found_labels
 
 
+def _id_problem(image_id: str) -> str | None:
+    """An id names a file in the CSV's image folder: a plain name, nothing that leads elsewhere."""
+    if not image_id:
+        return "empty id"
+    if image_id in (".", "..") or any(c in image_id for c in "/\\\0"):
+        return f"not a plain file name (id {image_id!r})"
+    return None
+
+
 def _label_order(label: str) -> tuple:
     """Integer labels in numeric order ("2" before "10": output i is label i), then names."""
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 
+INTEGRAL = re.compile(r"\+?(\d+)(?:\.0*)?")
+
+
 def _csv_label(raw: str, class_names: list[str]) -> str | None:
-    """A CSV label as a class name: an index into ``class_names``, or the name itself."""
+    """A CSV label as a class name: an index into ``class_names``, or the name itself.
+
+    Integral numbers read as integers: ``6.0`` (as spreadsheets and pandas write them) and ``06``
+    are label ``6``.
+    """
     raw = raw.strip()
+    integral = INTEGRAL.fullmatch(raw)
+    number = str(int(integral.group(1))) if integral else None
     if not class_names:
-        return raw or None
+        return number or raw or None
     if raw in class_names:
         return raw
-    if raw.isdigit() and int(raw) < len(class_names):
-        return class_names[int(raw)]
+    if number is not None and int(number) < len(class_names):
+        return class_names[int(number)]
     return None
 
 
 def _find_one(root: Path, pattern: str) -> Path:
-    matches = sorted(root.glob(pattern)) or sorted(root.glob(f"*/{pattern}"))
+    """The file matching ``pattern`` at the root or one level below, never through a link to a folder."""
+    matches = [m for m in sorted(root.glob(pattern)) if _within(root, m)] or \
+        [m for m in sorted(root.glob(f"*/{pattern}")) if _within(root, m)]
     if not matches:
         raise LayoutError(f"no file matching {pattern!r} under {root}")
     if len(matches) > 1:
@@ -235,6 +414,10 @@ def _check_classes(found: Scan, root: Path) -> None:
 
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def _skipped(path: Path, root: Path, label: str | None, reason: str, folder: bool = False) -> dict:
+    return {"file": printable(_rel(path, root)) + ("/" if folder else ""), "label": label, "reason": reason}
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:

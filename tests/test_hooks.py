@@ -1,0 +1,100 @@
+"""The project's hooks (src/vision_pipelines/hooks.py) and what a run looks like from the outside:
+kept runs (versioned outputs, earlier unversioned ones kept), leftovers of killed runs removed,
+a quiet console that ends with the score and the paths, the full log in info.log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import fast_params, latest, make_folders_dataset, make_project, run_kedro
+
+KEDRO = str(Path(sys.executable).parent / "kedro")
+VERSIONED = ["06_models/fruits/model.safetensors", "06_models/fruits/model_card.json",
+             "08_reporting/fruits/metrics.json", "08_reporting/fruits/confusion.png",
+             "07_model_output/fruits/predictions.parquet", "07_model_output/fruits/submission.csv"]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folders_dataset(tmp_path_factory.mktemp("raw"), train=6)
+
+
+def params_for(raw: Path, **more) -> dict:
+    return fast_params("fruits", **{"source.kind": "local", "source.path": str(raw), **more})
+
+
+def test_every_run_is_kept_and_an_earlier_model_can_be_evaluated_again(kedro_project: Path, raw: Path) -> None:
+    data = kedro_project / "data"
+    run_kedro(kedro_project, "fruits", params_for(raw, **{"train.epochs": 1}))
+    first_card = json.loads(latest(data / "06_models/fruits/model_card.json").read_text())
+    time.sleep(0.01)  # versions are timestamps
+    run_kedro(kedro_project, "fruits", params_for(raw, **{"train.epochs": 2}))
+    for output in VERSIONED:
+        assert len(list((data / output).iterdir())) == 2, output  # both runs kept
+    first = sorted((data / "06_models/fruits/model_card.json").iterdir())[0].name
+    run_kedro(kedro_project, "fruits", params_for(raw), tags=["evaluate"],
+              load_versions={"fruits.model_weights": first, "fruits.model_card": first})
+    metrics = json.loads(latest(data / "08_reporting/fruits/metrics.json").read_text())
+    assert metrics["model"] == first_card["weights_fingerprint"]  # the first run's model, evaluated again
+
+
+def test_outputs_of_an_earlier_unversioned_run_are_kept_as_a_version(kedro_project: Path, raw: Path) -> None:
+    """A checkout that ran before outputs were versioned: Kedro would refuse to save ("Cannot save
+    versioned dataset ... a file with the same name already exists"); the old file is kept as the
+    oldest version instead."""
+    data = kedro_project / "data"
+    old = data / "08_reporting/fruits/metrics.json"
+    old.parent.mkdir(parents=True)
+    old.write_text('{"accuracy": 0.5, "from": "an unversioned run"}')
+    (data / "07_model_output/fruits").mkdir(parents=True)
+    (data / "07_model_output/fruits/submission.csv").write_text("id,label\nold,apple\n")
+    run_kedro(kedro_project, "fruits", params_for(raw))
+    versions = sorted(old.iterdir())
+    assert len(versions) == 2
+    assert json.loads((versions[0] / "metrics.json").read_text())["from"] == "an unversioned run"
+    assert "old,apple" in (sorted((data / "07_model_output/fruits/submission.csv").iterdir())[0]
+                           / "submission.csv").read_text()
+
+
+def test_files_a_killed_run_left_half_written_are_removed(kedro_project: Path, raw: Path) -> None:
+    run_kedro(kedro_project, "fruits", params_for(raw))
+    data = kedro_project / "data"
+    leftovers = [data / "06_models/fruits/.checkpoint.pt.partial-999",
+                 data / "08_reporting/fruits/metrics.json/2099-01-01T00.00.00.000Z/.metrics.json.partial-999"]
+    for leftover in leftovers:
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"half")
+    run_kedro(kedro_project, "fruits", params_for(raw), tags=["train", "evaluate"])
+    assert not any(p.exists() for p in leftovers)
+    assert not (data / "08_reporting/fruits/metrics.json/2099-01-01T00.00.00.000Z").exists()
+
+
+def test_console_is_quiet_and_ends_with_the_score_and_where_things_are(tmp_path: Path, raw: Path) -> None:
+    """What `kedro run` prints: this project's lines and warnings, not Kedro's per-dataset
+    chatter (that goes to info.log), ending with the score and the output paths."""
+    project = make_project(tmp_path / "project")
+    params = ",".join(f"{k}={v}" for k, v in params_for(raw).items())
+    run = subprocess.run([KEDRO, "run", "--pipelines=fruits", "--env=cpu", f"--params={params}"], cwd=project,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "250"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    console = (run.stdout + run.stderr).splitlines()
+    assert len(console) <= 25, "\n".join(console)
+    assert not any("Loading data from" in line or "Saving data to" in line for line in console)
+    text = "\n".join(console)
+    assert "training resnet9" in text and "epoch 3/3" in text and "fruits done." in text
+    metrics = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
+    assert f"test accuracy {metrics['accuracy']:.4f}" in text
+    for line in console[console.index(next(line for line in console if "fruits done." in line)):]:
+        for what in ("submission: ", "model: ", "report folder: "):
+            if what in line:
+                assert (project / line.split(what, 1)[1].split()[0]).exists(), line
+    log = (project / "info.log").read_text()
+    assert "Saving data to fruits.metrics" in log and "Running node: train_model" in log

@@ -1,0 +1,58 @@
+"""The networks (src/vision_pipelines/models.py): every one trains with deterministic CUDA
+kernels, and torchvision's pretrained weights fail clearly when they cannot be had offline."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from vision_pipelines.config import ModelConfig
+from vision_pipelines.models import GlobalMaxPool, PretrainedWeightsMissing, build_model
+
+# Backward kernels that torch.use_deterministic_algorithms(True) refuses on CUDA (its documentation
+# lists them): a model using one could not train with train.deterministic=true on a GPU.
+NO_DETERMINISTIC_CUDA_BACKWARD = {
+    "AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0", "AdaptiveMaxPool2DBackward0",
+    "AdaptiveMaxPool3DBackward0", "AvgPool3DBackward0", "MaxPool3DWithIndicesBackward0",
+    "FractionalMaxPool2DBackward0", "ReflectionPad2DBackward0", "ReplicationPad2DBackward0",
+    "UpsampleBilinear2DBackward0", "UpsampleNearest2DBackward0",
+}
+
+
+def backward_kernels(output: torch.Tensor) -> set[str]:
+    """Names of every autograd node ``output.backward()`` would run."""
+    seen, todo = set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("name", ["resnet9", "resnet18"])
+def test_every_model_can_train_with_deterministic_cuda_kernels(name: str) -> None:
+    network = build_model(ModelConfig(name=name, width=4), 3, 5)
+    kernels = backward_kernels(network(torch.rand(2, 3, 32, 32)).sum())
+    assert "ConvolutionBackward0" in kernels  # the walk saw the whole network
+    assert not kernels & NO_DETERMINISTIC_CUDA_BACKWARD
+
+
+def test_global_max_pool_gives_what_adaptive_max_pooling_gave() -> None:
+    """Models saved before the change behave the same: only the backward kernel differs."""
+    features = torch.randn(4, 8, 5, 3)
+    assert torch.equal(GlobalMaxPool()(features), torch.nn.AdaptiveMaxPool2d(1)(features))
+
+
+def test_missing_pretrained_weights_name_the_cache_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+
+    def offline(url, *args, **kwargs):  # what urllib raises with no network
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(PretrainedWeightsMissing, match="empty_torch_home.*model.pretrained=false"):
+        build_model(ModelConfig(name="resnet34", pretrained=True), 3, 6)
