@@ -60,7 +60,7 @@ def make_contest_csv_layout(root: Path, classes: int = 3, train_per_class: int =
     """The "identify the apparels" layout: train_x/train.csv + train_x/train/<id>.png, test, sample."""
     train_rows, image_id = [], 1
     for label in range(classes):
-        for n in range(train_per_class):
+        for _ in range(train_per_class):
             make_image(root / "train_AB" / "train" / f"{image_id}.png", label, size, "L", seed=image_id)
             train_rows.append(f"{image_id},{label}")
             image_id += 1
@@ -192,7 +192,7 @@ def sample_dir(name: str) -> Path:
 class CutStreamHandler(http.server.BaseHTTPRequestHandler):
     """Promises 100 kB, sends 1 kB, then hangs up: a network failure mid-download."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", "100000")
         self.end_headers()
@@ -255,3 +255,18 @@ def fruits_fp32_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         source = {"source.kind": "local", "source.path": str(root / "images")}
         run_kedro(project, "fruits", fast_params("fruits", **source, **FP32_CPU))
     return project
+
+
+# --- experiment tracking ---
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every Kedro run of the session logs to one MLflow store (``MLFLOW_TRACKING_URI``, which
+    conf/base/mlflow.yml honours), its files beside it: creating a store's tables costs about a
+    second per project, and the default store is found from the working directory, which for
+    many tests is the real project. ``tests/test_tracking.py`` checks the default store itself."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri

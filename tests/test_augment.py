@@ -43,8 +43,8 @@ def test_flip_mirrors_about_half_the_batch_and_keeps_each_image_whole_or_mirrore
 
 def test_augment_is_repeatable_with_a_seed() -> None:
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    draws = lambda seed: random_draws(16, torch.Generator().manual_seed(seed))  # noqa: E731
-    first, again, other = augment(images, 2, True, draws(7)), augment(images, 2, True, draws(7)), augment(images, 2, True, draws(8))
+    draws = lambda seed: random_draws(16, torch.Generator().manual_seed(seed))
+    first, again, other = (augment(images, 2, True, draws(seed)) for seed in (7, 7, 8))
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert torch.equal(augment(images, 0, False, draws(7)), images)
 

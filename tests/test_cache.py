@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from conftest import FOLDERS_SOURCE, IMAGES, SPLIT, make_class_folders, make_folders_dataset, write_cache
-from vision_pipelines.cache import CacheError, ImageCache, ShardedImages, write_cache as write_shards
+from vision_pipelines.cache import CacheError, ImageCache, ShardedImages
+from vision_pipelines.cache import write_cache as write_shards
 from vision_pipelines.config import ImageConfig
 from vision_pipelines.pipelines.image_classification import nodes
 
@@ -97,8 +98,10 @@ def slow_save(path, array):  # as on a slow disk: time to be killed half-way
     time.sleep(0.5)
 cache._save_array = slow_save
 raw = Path(sys.argv[1])
-manifest, classes = nodes.build_manifest(raw, SourceConfig(path="x", train_dir="Training", test_dir="Test"), SplitConfig())
-ImageCacheDataset(path=sys.argv[2]).save(nodes.build_image_cache(raw, manifest, classes, ImageConfig(size=24, shard_mb=1)))
+source = SourceConfig(path="x", train_dir="Training", test_dir="Test")
+manifest, classes = nodes.build_manifest(raw, source, SplitConfig())
+build = nodes.build_image_cache(raw, manifest, classes, ImageConfig(size=24, shard_mb=1))
+ImageCacheDataset(path=sys.argv[2]).save(build)
 """
 
 

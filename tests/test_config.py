@@ -12,8 +12,7 @@ import yaml
 from kedro.config import OmegaConfigLoader
 
 from conftest import PROJECT_ROOT
-from vision_pipelines.config import (ConfigError, DistributedConfig, ImageConfig, TrainConfig, parse,
-                                     parse_dataset)
+from vision_pipelines.config import ConfigError, DistributedConfig, ImageConfig, TrainConfig, parse, parse_dataset
 
 DATASETS = ["apparel", "cifar10", "fruits", "garbage", "intel"]
 PARAMETER_FILES = sorted((PROJECT_ROOT / "conf" / "base").glob("parameters_*.yml"))

@@ -15,6 +15,7 @@ from kedro.io import DatasetError, Version
 from matplotlib.figure import Figure
 
 from vision_pipelines import datasets
+from vision_pipelines.atomic import PARTIAL
 
 
 class FullDisk:
@@ -31,7 +32,7 @@ class FullDisk:
 
         def opener(file, mode="r", *args, **kwargs):
             handle = real_open(file, mode, *args, **kwargs)
-            if "w" in mode and datasets.PARTIAL in str(file):
+            if "w" in mode and PARTIAL in str(file):
                 def no_space(*_):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 handle.write = no_space
@@ -102,7 +103,8 @@ def test_file_dataset_keeps_versions_of_bytes(tmp_path: Path) -> None:
     datasets.FileDataset(filepath=str(path), version=Version(None, "2026-01-01T00.00.00.000Z")).save(b"first")
     datasets.FileDataset(filepath=str(path), version=Version(None, "2026-01-02T00.00.00.000Z")).save(b"second")
     assert datasets.FileDataset(filepath=str(path), version=Version(None, None)).load() == b"second"
-    assert datasets.FileDataset(filepath=str(path), version=Version("2026-01-01T00.00.00.000Z", None)).load() == b"first"
+    first = datasets.FileDataset(filepath=str(path), version=Version("2026-01-01T00.00.00.000Z", None))
+    assert first.load() == b"first"
 
 
 def test_location_dataset_gives_an_absolute_path_and_refuses_saves(tmp_path: Path) -> None:

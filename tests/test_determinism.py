@@ -37,7 +37,7 @@ class Listing:
     def __iter__(self):
         return iter(self.entries)
 
-    def __enter__(self) -> "Listing":
+    def __enter__(self) -> Listing:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -73,7 +73,8 @@ def test_split_does_not_depend_on_the_order_folders_are_listed(fruits_like: Path
     for reverse in (False, True):
         with monkeypatch.context() as patch:
             list_folders_in_order(patch, reverse)
-            listed = [p.name for p in (root / ("fruits-360/Training" if layout == "folders" else "train_AB/train")).iterdir()]
+            folder = root / ("fruits-360/Training" if layout == "folders" else "train_AB/train")
+            listed = [p.name for p in folder.iterdir()]
             assert listed == sorted(listed, reverse=reverse)  # the listing order really changed
             manifests.append(nodes.build_manifest(root, source, SPLIT)[0])
     pd.testing.assert_frame_equal(manifests[0], manifests[1])

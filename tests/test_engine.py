@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vision_pipelines import engine
+from vision_pipelines.atomic import write_atomically
 from vision_pipelines.config import ComputeConfig, TrainConfig
 from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.models import ResNet9
@@ -69,7 +70,7 @@ def test_evaluate_and_predict_take_the_loader_s_settings() -> None:
 def test_checkpoint_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk fails with "No space left", names the file, and leaves the old checkpoint."""
     path = tmp_path / "checkpoint.pt"
-    engine.write_atomically(path, b"previous checkpoint")
+    write_atomically(path, b"previous checkpoint")
     real_open = open
 
     def full_disk_open(file, mode="r", *args, **kwargs):
@@ -82,7 +83,7 @@ def test_checkpoint_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr("builtins.open", full_disk_open)
     with pytest.raises(OSError, match=r"could not write .*checkpoint.pt \(0.0 MB\): No space left on device"):
-        engine.write_atomically(path, b"new checkpoint, never complete")
+        write_atomically(path, b"new checkpoint, never complete")
     assert path.read_bytes() == b"previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no partial file left
 

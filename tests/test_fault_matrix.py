@@ -26,12 +26,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from kedro.io import DatasetError
 import torchvision
+from kedro.io import DatasetError
 from PIL import Image
 
-from conftest import (FOLDERS_SOURCE, IMAGES, SPLIT, fast_params, latest, make_class_folders, make_folders_dataset,
-                      make_image, make_project, run_kedro, write_cache)
+from conftest import (
+    FOLDERS_SOURCE,
+    IMAGES,
+    SPLIT,
+    fast_params,
+    latest,
+    make_class_folders,
+    make_folders_dataset,
+    make_image,
+    make_project,
+    run_kedro,
+    write_cache,
+)
 from vision_pipelines.config import ConfigError, EvaluateConfig, SubmissionConfig
 from vision_pipelines.images import decode_image
 from vision_pipelines.lineage import LineageError
@@ -532,12 +543,14 @@ def start_slowed(project: Path, params: dict, tmp_path: Path, target: str, secon
     return process
 
 
-def processes_of(token: str) -> list[int]:
-    """Pids of live processes whose command line mentions ``token`` (the run's unique data path)."""
+def processes_of(tmp_path: Path) -> list[int]:
+    """Pids of live processes started by ``start_slowed`` in ``tmp_path``: kedro and every process
+    it started (they inherit its environment, which names ``tmp_path``)."""
+    token = f"SLOW_STARTED={tmp_path / 'slow_started'}".encode()
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and token in (proc / "cmdline").read_bytes().decode(errors="replace") \
+            if proc.name.isdigit() and token in (proc / "environ").read_bytes() \
                     and (proc / "stat").read_text().split()[2] != "Z":
                 found.append(int(proc.name))
         except OSError:
@@ -568,7 +581,7 @@ def test_ctrl_c_during_the_parallel_decode_stops_at_once(attempt: int, finished_
     process.wait(timeout=15)  # a hang fails here
     assert process.returncode != 0
     time.sleep(0.5)
-    assert processes_of(str(raw)) == []
+    assert processes_of(tmp_path) == []
     assert (project / "data/05_model_input/fruits/image_cache/index.json").read_bytes() == cache_before
     run_kedro(project, "fruits", params)  # the same command then completes
     assert half_written(project) == []
@@ -580,13 +593,13 @@ def test_killing_only_kedro_s_process_leaves_no_decode_worker_behind(finished_ru
     raw = big_dataset(tmp_path / "big")
     process = start_slowed(project, {**params, "fruits.source.path": str(raw)}, tmp_path,
                            "vision_pipelines.images:decode_image", 0.2)
-    assert len(processes_of(str(raw))) >= 2  # kedro and its decode workers
+    assert len(processes_of(tmp_path)) >= 2  # kedro and its decode workers
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
     deadline = time.time() + 10
-    while processes_of(str(raw)) and time.time() < deadline:
+    while processes_of(tmp_path) and time.time() < deadline:
         time.sleep(0.1)
-    assert processes_of(str(raw)) == []
+    assert processes_of(tmp_path) == []
 
 
 def test_sigterm_during_training_stops_within_seconds_and_the_rerun_completes(finished_run, tmp_path: Path) -> None:

@@ -116,5 +116,6 @@ def test_bf16_autocast_on_cpus_with_bf16_instructions_only(monkeypatch: pytest.M
     assert has_fast_bf16(torch.device("cpu")) is expected
     made = Loader.create(MemoryImages(IMAGES), LABELS, [0.5], [0.5], 8, ComputeConfig(device="cpu"))
     assert made.amp is expected and made.precision == ("bf16" if expected else "fp32")
-    fp32 = Loader.create(MemoryImages(IMAGES), LABELS, [0.5], [0.5], 8, ComputeConfig(device="cpu", mixed_precision=False))
+    fp32 = Loader.create(MemoryImages(IMAGES), LABELS, [0.5], [0.5], 8,
+                         ComputeConfig(device="cpu", mixed_precision=False))
     assert not fp32.amp

@@ -13,9 +13,25 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
-from conftest import (CPU, FOLDERS_SOURCE, IMAGES, MODEL, SPLIT, make_class_folders, make_contest_csv_layout,
-                      make_folders_dataset, write_cache)
-from vision_pipelines.config import EvaluateConfig, ImageConfig, SourceConfig, SplitConfig, SubmissionConfig, TrainConfig
+from conftest import (
+    CPU,
+    FOLDERS_SOURCE,
+    IMAGES,
+    MODEL,
+    SPLIT,
+    make_class_folders,
+    make_contest_csv_layout,
+    make_folders_dataset,
+    write_cache,
+)
+from vision_pipelines.config import (
+    EvaluateConfig,
+    ImageConfig,
+    SourceConfig,
+    SplitConfig,
+    SubmissionConfig,
+    TrainConfig,
+)
 from vision_pipelines.lineage import LineageError, manifest_fingerprint
 from vision_pipelines.pipelines.image_classification import create_pipeline, create_template, nodes
 
@@ -209,13 +225,15 @@ def trained(raw: Path, tmp_path_factory: pytest.TempPathFactory):
     manifest, classes = nodes.build_manifest(raw, FOLDERS_SOURCE, SPLIT)
     cache = cache_of(raw, manifest, classes, folder / "cache")
     report = nodes.summarise_data(manifest, cache, classes, SPLIT, EvaluateConfig(), SubmissionConfig())
-    weights, card, history, steps = nodes.train_model(cache, report, folder / "checkpoint.pt", MODEL, IMAGES, TRAIN, CPU)
+    weights, card, history, steps = nodes.train_model(cache, report, folder / "checkpoint.pt", MODEL, IMAGES,
+                                                      TRAIN, CPU)
     return raw, manifest, classes, cache, weights, card, history, steps
 
 
 def test_train_model_outputs(trained) -> None:
     _, _, classes, cache, weights, card, history, steps = trained
-    assert list(history.columns) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                                     "seconds"]
     assert history["epoch"].tolist() == [1, 2]
     assert len(steps) == 2 * 3  # 2 epochs x (24 images in batches of 8)
     assert {"step", "epoch", "lr", "loss"} <= set(steps.columns) and steps["step"].tolist() == list(range(1, 7))

@@ -97,7 +97,8 @@ def test_artifacts_round_trip_through_their_catalog_datasets(tmp_path: Path, mon
 
     make_class_folders(tmp_path / "images" / "Training", ["a", "b"], 4, size=(12, 12))
     (tmp_path / "images" / "Training" / "a" / "notes.txt").write_text("x")
-    manifest, classes = nodes.build_manifest(tmp_path / "images", SourceConfig(path="x"), SplitConfig(val_fraction=0.25))
+    split = SplitConfig(val_fraction=0.25)
+    manifest, classes = nodes.build_manifest(tmp_path / "images", SourceConfig(path="x"), split)
     cache = write_cache(nodes.build_image_cache(tmp_path / "images", manifest, classes, ImageConfig(size=8)),
                         tmp_path / "scratch_cache")
     weights = build_model(ModelConfig(width=2), 3, 2).state_dict()

@@ -18,7 +18,16 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CPU, FOLDERS_SOURCE, SPLIT, latest, make_class_folders, make_folders_dataset, make_project, write_cache
+from conftest import (
+    CPU,
+    FOLDERS_SOURCE,
+    SPLIT,
+    latest,
+    make_class_folders,
+    make_folders_dataset,
+    make_project,
+    write_cache,
+)
 from vision_pipelines import engine
 from vision_pipelines.config import ImageConfig, ModelConfig, TrainConfig
 from vision_pipelines.pipelines.image_classification import nodes

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -32,9 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .atomic import write_atomically
 from .config import ImageConfig
-from .images import decode_all
 from .console import Progress
+from .images import decode_all
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def write_cache(folder: Path, build: CacheBuild) -> None:
                     skipped, len(decoded))
     log.info("image cache written: %d images in %.0f s (%.0f images/s)", len(decoded) - skipped,
              time.time() - started, len(decoded) / max(time.time() - started, 1e-9))
-    _replace_json(folder / INDEX, index)
+    write_atomically(folder / INDEX, json.dumps(index, indent=1).encode())  # the commit point
     remove_leftovers(folder)  # the previous build's shards
 
 
@@ -186,16 +186,6 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 
 def _save_frame(path: Path, frame: pd.DataFrame) -> None:
     frame.astype({"file": object, "mode": object, "reason": object}).to_parquet(path)
-
-
-def _replace_json(path: Path, data: dict) -> None:
-    """Write ``path`` so that it is always either the old file or the new one, whole."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w") as file:
-        json.dump(data, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
 
 
 class ImageCache:
@@ -284,12 +274,7 @@ class ShardedImages:
         return len(self) * int(np.prod(self.shape))
 
     def read_all(self) -> torch.Tensor:
-        images = torch.empty((len(self), *self.shape), dtype=torch.uint8)
-        start = 0
-        for path, count in zip(self.paths, self.counts):
-            images[start:start + count].numpy()[:] = np.load(path, mmap_mode="r")  # one copy, no more
-            start += count
-        return images
+        return self._read(range(len(self.paths)))
 
     def head(self, n: int) -> torch.Tensor:
         """The first ``n`` images (a random sample for the training subset, stored shuffled)."""
@@ -301,11 +286,23 @@ class ShardedImages:
         shards at a time: shuffled with ``generator``, shard by shard in order without one."""
         starts = np.concatenate([[0], np.cumsum(self.counts)]).tolist()
         shuffle = generator is not None
-        order = torch.randperm(len(self.paths), generator=generator).tolist() if shuffle else list(range(len(self.paths)))
+        shards = len(self.paths)
+        order = torch.randperm(shards, generator=generator).tolist() if shuffle else list(range(shards))
         size = self.window if shuffle else 1
         for first in range(0, len(order), size):
             shards = order[first:first + size]
-            images = torch.cat([torch.from_numpy(np.load(self.paths[s])) for s in shards])
+            images = self._read(shards)
             positions = torch.cat([torch.arange(starts[s], starts[s + 1]) for s in shards])
             take = torch.randperm(len(positions), generator=generator) if shuffle else torch.arange(len(positions))
             yield images, positions, take
+            del images  # the loader is done with this window: let it go before the next one is read
+
+    def _read(self, shards) -> torch.Tensor:
+        """The images of ``shards``, in that order, read from disk straight into one tensor: no
+        other copy of them is ever held, so a window costs its own size in memory, not twice it."""
+        images = torch.empty((sum(self.counts[s] for s in shards), *self.shape), dtype=torch.uint8)
+        start = 0
+        for s in shards:
+            images[start:start + self.counts[s]].numpy()[:] = np.load(self.paths[s], mmap_mode="r")
+            start += self.counts[s]
+        return images

@@ -30,14 +30,8 @@ from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 from kedro_datasets_experimental.safetensors import SafetensorsDataset as _SafetensorsDataset
 from PIL import Image
 
+from .atomic import partial_path, write_atomically
 from .cache import CacheBuild, ImageCache, write_cache
-
-PARTIAL = ".partial"
-
-
-def partial_path(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place (hidden, in the same folder)."""
-    return path.with_name(f".{path.name}{PARTIAL}-{os.getpid()}")
 
 
 class AtomicSave:
@@ -110,17 +104,7 @@ class FileDataset(AbstractVersionedDataset[bytes, bytes]):
         return Path(self._get_load_path()).read_bytes()
 
     def save(self, data: bytes) -> None:
-        target = Path(self._get_save_path())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_path(target)
-        try:
-            with open(partial, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_atomically(Path(self._get_save_path()), data)
 
     def _exists(self) -> bool:
         return Path(self._get_load_path()).is_file()
@@ -215,3 +199,13 @@ class LocationDataset(AbstractDataset[Path, Path]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
+
+
+def saved_path(catalog, name: str) -> Path:
+    """The file catalog entry ``name`` was just saved to: for a versioned entry, this run's
+    version (even when --load-versions pins another one for loading)."""
+    dataset = catalog.get(name)
+    path = getattr(dataset, "_filepath", None) or dataset._path
+    if isinstance(dataset, AbstractVersionedDataset) and dataset._version:
+        path = dataset._get_versioned_path(dataset.resolve_save_version())
+    return Path(str(path))

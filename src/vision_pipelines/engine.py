@@ -28,12 +28,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import write_atomically
 from .cache import ImageCache, ShardedImages
 from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
+from .console import Progress, format_seconds
 from .distributed import sync_batchnorm
 from .loader import Loader, MemoryImages
 from .models import build_model, count_parameters
-from .console import Progress, format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -190,25 +191,6 @@ class CheckpointSaver:
                      self.path, _changes(saved.get("config") or {}, config))
             return None
         return saved
-
-
-def write_atomically(path: Path, data: bytes | memoryview) -> None:
-    """``path`` holds either its old content or ``data``, whole: written aside, synced, renamed.
-
-    A full disk fails with "No space left on device" naming the file, and the old file stays.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(partial, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise OSError(error.errno, f"could not write {path} ({len(data) / 1e6:.1f} MB): "
-                                   f"{error.strerror}; the previous file is unchanged") from error
 
 
 def _changes(saved_config: dict, config: TrainConfig) -> str:

@@ -19,8 +19,9 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset, MemoryDataset
 from omegaconf import OmegaConf
 
+from .atomic import PARTIAL
 from .config import ConfigError, parse_dataset
-from .datasets import PARTIAL, LocationDataset
+from .datasets import LocationDataset, saved_path
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class RunSummaryHook:
                                 ("model_weights", "model"), ("onnx_model", "ONNX model"),
                                 ("metrics", "report folder")):
                 if f"{dataset}.{entry}" in outputs:
-                    path = _saved_path(catalog, f"{dataset}.{entry}")
+                    path = saved_path(catalog, f"{dataset}.{entry}")
                     if what == "report folder":  # the folder the metrics entry lives in
                         path = Path(str(catalog.get(f"{dataset}.metrics")._filepath)).parent
                     lines.append(f"{what}: {path.relative_to(project) if path.is_relative_to(project) else path}")
@@ -159,14 +160,6 @@ class RunSummaryHook:
 def namespaces(pipeline) -> list[str]:
     """The datasets a pipeline's nodes belong to (their top-level namespaces)."""
     return sorted({node.namespace.split(".")[0] for node in pipeline.nodes if node.namespace})
-
-
-def _saved_path(catalog, name: str) -> Path:
-    """Where ``name`` was saved: for a versioned entry, this run's version of the file."""
-    dataset = catalog.get(name)
-    if isinstance(dataset, AbstractVersionedDataset):
-        return Path(dataset._get_load_path())
-    return Path(getattr(dataset, "_filepath", None) or dataset._path)
 
 
 def _folder_of(catalog, name: str) -> Path | None:

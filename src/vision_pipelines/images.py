@@ -101,8 +101,9 @@ def decode_all(paths: Iterable[Path], size: int, channels: int, workers: int | N
     if workers == 1:
         yield from map(_decode_job, jobs)
         return
-    pool = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(
-        workers, initializer=_init_worker)
+    # Spawned, not forked: a fork copies the locks other threads (MLflow's, Kedro's) hold at
+    # that moment, and a worker waiting on such a lock never returns.
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
     try:
         while block := list(itertools.islice(jobs, BLOCK)):
             yield from pool.imap(_decode_job, block, chunksize=max(1, min(64, len(block) // (4 * workers))))
@@ -118,7 +119,7 @@ def size_summary(decoded: pd.DataFrame) -> dict:
     if ok.empty:
         return {}
     sizes = Counter(f"{int(w)}x{int(h)}" for w, h in zip(ok["width"], ok["height"]))
-    describe = lambda s: {"min": int(s.min()), "median": float(s.median()), "max": int(s.max())}  # noqa: E731
+    describe = lambda s: {"min": int(s.min()), "median": float(s.median()), "max": int(s.max())}
     return {
         "width": describe(ok["width"].astype(int)),
         "height": describe(ok["height"].astype(int)),

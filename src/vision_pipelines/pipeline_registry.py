@@ -1,8 +1,10 @@
-"""One pipeline per dataset, discovered from configuration.
+"""Three pipelines per dataset, discovered from configuration.
 
-Every ``conf/base/parameters_<name>.yml`` defines a dataset ``<name>`` and so a pipeline
-``<name>``: adding a dataset needs configuration only. ``__default__`` (plain ``kedro run``)
-runs the ``fruits`` pipeline alone, never every dataset at once.
+Every ``conf/base/parameters_<name>.yml`` defines a dataset ``<name>`` and so the pipelines
+``<name>`` (download -> ... -> submit), ``<name>_predict`` (classify new images with its trained
+model) and ``<name>_export`` (TorchScript and ONNX files of that model): adding a dataset needs
+configuration only. ``__default__`` (plain ``kedro run``) runs the ``fruits`` pipeline alone,
+never every dataset at once.
 """
 
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
-from .pipelines.image_classification import create_pipeline
+from .pipelines import export, image_classification, prediction
 
 DEFAULT_DATASET = "fruits"
 
@@ -22,7 +24,11 @@ def dataset_names(conf_base: Path | None = None) -> list[str]:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = {name: create_pipeline(name) for name in dataset_names()}
+    pipelines = {}
+    for name in dataset_names():
+        pipelines[name] = image_classification.create_pipeline(name)
+        pipelines[f"{name}_predict"] = prediction.create_pipeline(name)
+        pipelines[f"{name}_export"] = export.create_pipeline(name)
     pipelines["__default__"] = pipelines.get(DEFAULT_DATASET, Pipeline([]))
     return pipelines
 

@@ -1,8 +1,9 @@
 """Classify image files with a trained model: what the predict pipeline and the notebook call.
 
-Files are decoded exactly as training decoded them (``images.decode_image`` at the card's size
-and channels) and run through ``engine.predict``, the one prediction path, which evaluation
-and the export checks use too; device, batch size and precision come from settings.
+Files are decoded exactly as training decoded them (``images.decode_all`` at the card's size
+and channels, as the image cache does) and run through ``engine.predict``, the one prediction
+path, which evaluation and the export checks use too; device, batch size and precision come
+from settings.
 """
 
 from __future__ import annotations
@@ -28,41 +29,44 @@ log = logging.getLogger(__name__)
 BLOCK = 4096  # files decoded and predicted at a time: memory stays bounded on large folders
 
 
+def prediction_columns(top_k: int) -> list[str]:
+    """``file, label, confidence, label_2, confidence_2, ..., label_<k>, confidence_<k>, reason``."""
+    ranked = itertools.chain.from_iterable((f"label_{r}", f"confidence_{r}") for r in range(2, top_k + 1))
+    return ["file", "label", "confidence", *ranked, "reason"]
+
+
 def classify_files(files: Sequence[Path], card: ModelCard, network: nn.Module, compute: ComputeConfig,
                    batch_size: int = 256, tta_flip: bool = False, top_k: int = 3,
-                   workers: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """One row per file: ``file, label, confidence, label_2, confidence_2, ...`` up to ``top_k``,
-    and ``reason`` for a file that could not be decoded (its label left empty); and the decoded
-    uint8 images ``[N, C, H, W]`` of the first 64 predicted files, for a grid."""
+                   workers: int | None = None, shown: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per file, in order: ``file, label, confidence`` (the most likely class and its
+    probability), ``label_2, confidence_2, ...`` down to the ``top_k``-th class, and ``reason``
+    for a file that could not be decoded (skipped: its labels left empty); and the first
+    ``shown`` classified images as the network saw them (uint8 ``[n, C, H, W]``), for a grid."""
     top_k = min(top_k, len(card.class_names))
-    rows, shown = [], []
+    rows, pictures = [], []
     it = iter(files)
     while block := list(itertools.islice(it, BLOCK)):
         decoded = list(decode_all(block, card.size, card.channels, workers))
         good = [i for i, (array, _, _) in enumerate(decoded) if array is not None]
-        for i, (array, _, reason) in enumerate(decoded):
-            if array is None:
-                log.warning("skipping %s: %s", block[i], reason)
-                rows.append({"file": str(block[i]), "reason": reason})
-        if not good:
-            continue
-        images = torch.from_numpy(np.stack([decoded[i][0] for i in good]))
-        loader = Loader.create(MemoryImages(images), torch.full((len(good),), -1), card.mean, card.std,
-                               batch_size, compute)
-        probabilities = engine.predict(network, loader, tta_flip).softmax(1).cpu()
+        probabilities = torch.empty(0, len(card.class_names))
+        if good:
+            images = torch.from_numpy(np.stack([decoded[i][0] for i in good]))
+            loader = Loader.create(MemoryImages(images), torch.full((len(good),), -1), card.mean, card.std,
+                                   batch_size, compute)
+            probabilities = engine.predict(network, loader, tta_flip).softmax(1).cpu()
         confidence, index = probabilities.topk(top_k, dim=1)
-        for i, scores, classes in zip(good, confidence.tolist(), index.tolist()):
+        predicted = dict(zip(good, zip(confidence.tolist(), index.tolist())))
+        for i, (_, _, detail) in enumerate(decoded):
+            if i not in predicted:
+                log.warning("skipping %s: %s", block[i], detail)
+                rows.append({"file": str(block[i]), "reason": detail})
+                continue
+            scores, classes = predicted[i]
             row = {"file": str(block[i]), "label": card.class_names[classes[0]], "confidence": scores[0]}
             for rank in range(1, top_k):
                 row[f"label_{rank + 1}"] = card.class_names[classes[rank]]
                 row[f"confidence_{rank + 1}"] = scores[rank]
             rows.append(row)
-        shown += [decoded[i][0] for i in good[:64 - len(shown)]]
-    columns = ["file", "label", "confidence",
-               *itertools.chain.from_iterable((f"label_{r}", f"confidence_{r}") for r in range(2, top_k + 1)), "reason"]
-    table = pd.DataFrame(rows, columns=columns)
-    skipped = table["reason"].notna().sum()
-    if skipped:
-        log.warning("skipped %d of %d files that could not be decoded (their reason is in the CSV)",
-                    skipped, len(table))
-    return table, np.stack(shown) if shown else np.empty((0, card.channels, card.size, card.size), np.uint8)
+        pictures += [decoded[i][0] for i in good[:max(0, shown - len(pictures))]]
+    table = pd.DataFrame(rows, columns=prediction_columns(top_k))
+    return table, np.stack(pictures) if pictures else np.empty((0, card.channels, card.size, card.size), np.uint8)

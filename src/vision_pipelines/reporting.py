@@ -169,7 +169,8 @@ def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list
         "errors": [],
         "warnings": warnings,
         "found": len(table), "used": int(table["used"].sum()), "skipped": len(skipped),
-        "subsets": {s: int((table["used"] & (table["subset"] == s)).sum()) for s in ("train", "val", "test", "predict")},
+        "subsets": {s: int((table["used"] & (table["subset"] == s)).sum())
+                    for s in ("train", "val", "test", "predict")},
         "skipped_by_reason": skipped["short_reason"].value_counts().to_dict(),
         "skipped_by_class": {name: rows["short_reason"].value_counts().to_dict()
                              for name, rows in skipped.groupby("class", sort=True)},

@@ -22,8 +22,16 @@ from torch.utils.data import random_split
 from ... import distributed, engine, images, lineage, reporting, sources
 from ...augment import augment, random_draws
 from ...cache import CacheBuild, ImageCache
-from ...config import (ComputeConfig, EvaluateConfig, ImageConfig, ModelConfig, SourceConfig, SplitConfig,
-                       SubmissionConfig, TrainConfig)
+from ...config import (
+    ComputeConfig,
+    EvaluateConfig,
+    ImageConfig,
+    ModelConfig,
+    SourceConfig,
+    SplitConfig,
+    SubmissionConfig,
+    TrainConfig,
+)
 from ...loader import Loader
 from ...model_card import make_card, read_card
 
@@ -150,7 +158,8 @@ def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint
                                "processes": result.world_size, "seconds": round(result.seconds, 1),
                                "epochs_run": int(history.index.max()), "kept_epoch": result.kept_epoch,
                                "train_images": image_cache.count("train"), "val_images": image_cache.count("val")},
-                     metrics={key: _json_float(history.loc[result.kept_epoch, key]) for key in ("val_accuracy", "val_loss")})
+                     metrics={key: _json_float(history.loc[result.kept_epoch, key])
+                              for key in ("val_accuracy", "val_loss")})
     return result.weights, card, result.history, result.steps
 
 
@@ -255,7 +264,8 @@ def plot_sample_batch(image_cache: ImageCache, train: TrainConfig) -> Figure:
     """32 training images as the network sees them: after the batch augmentation."""
     batch = image_cache.stream("train").head(32)
     labels = image_cache.labels("train")[:len(batch)]
-    batch = augment(batch, train.crop_padding, train.flip, random_draws(len(batch), torch.Generator().manual_seed(train.seed)))
+    draws = random_draws(len(batch), torch.Generator().manual_seed(train.seed))
+    batch = augment(batch, train.crop_padding, train.flip, draws)
     pictures = [b[0].numpy() if b.shape[0] == 1 else b.permute(1, 2, 0).numpy() for b in batch]
     return reporting.plot_image_grid(pictures, [image_cache.class_names[i] for i in labels.tolist()],
                                      "Sample training batch (augmented)")
@@ -305,7 +315,8 @@ def _fill_template(root: Path, submission: SubmissionConfig, table: pd.DataFrame
     by_id = table.set_index(submission.id_column)[submission.label_column]
     missing = set(template[submission.id_column]) - set(by_id.index)
     if missing:
-        raise ValueError(f"{len(missing)} id(s) of the sample submission have no prediction, e.g. {sorted(missing)[:5]}")
+        raise ValueError(f"{len(missing)} id(s) of the sample submission have no prediction, "
+                         f"e.g. {sorted(missing)[:5]}")
     return template.assign(**{submission.label_column: template[submission.id_column].map(by_id).to_numpy()})
 
 

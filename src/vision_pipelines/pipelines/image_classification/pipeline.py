@@ -8,9 +8,22 @@ saved artifacts: ``kedro run --pipelines=fruits --tags=evaluate``.
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import (build_image_cache, build_manifest, download_images, evaluate_predictions, make_submission,
-                    plot_confusion_matrix, plot_error_gallery, plot_learning_curves, plot_lr_schedule,
-                    plot_per_class_accuracy, plot_sample_batch, predict, summarise_data, train_model)
+from .nodes import (
+    build_image_cache,
+    build_manifest,
+    download_images,
+    evaluate_predictions,
+    make_submission,
+    plot_confusion_matrix,
+    plot_error_gallery,
+    plot_learning_curves,
+    plot_lr_schedule,
+    plot_per_class_accuracy,
+    plot_sample_batch,
+    predict,
+    summarise_data,
+    train_model,
+)
 
 STAGES = ("download", "split", "cache", "train", "evaluate", "submit")
 

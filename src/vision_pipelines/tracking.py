@@ -1,0 +1,175 @@
+"""Experiment tracking with MLflow, when the ``mlflow`` extra (kedro-mlflow) is installed.
+
+kedro-mlflow's own hook opens an MLflow run for each ``kedro run`` (``conf/base/mlflow.yml``
+says where: a SQLite file at the project root unless ``MLFLOW_TRACKING_URI`` is set), logs
+each node's parameter sections whole, and closes the run. ``MlflowTrackingHook`` fills that
+run with what a user compares between runs:
+
+- every resolved setting as its own parameter: ``fruits.train.epochs = 4``;
+- the learning curves, per epoch (MLflow metrics with ``step`` = epoch): ``fruits.train_loss``,
+  ``fruits.val_accuracy``, ...;
+- the evaluation: ``fruits.accuracy``, ``fruits.macro_f1``, ``fruits.class_accuracy.<class>``;
+- the files: plots, model card, weights, metrics and history, under ``<dataset>/...``.
+
+Metrics and files are logged as the catalog saves them, while the run is open. Without
+mlflow, or when no run is open (tracking disabled in mlflow.yml), the hook does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from .config import DatasetConfig, parse_dataset
+from .datasets import saved_path
+from .hooks import namespaces
+
+log = logging.getLogger(__name__)
+
+# catalog entry (after "<dataset>.") -> folder of the run's artifacts it is logged to; and every "*_plot"
+ARTIFACT_FOLDERS = {"model_weights": "model", "model_card": "model", "metrics": "report",
+                    "training_history": "report", "data_report": "report"}
+
+
+def tracking_uri(database: str) -> str:
+    """``${mlflow_tracking_uri:<SQLite file>}`` in mlflow.yml: ``MLFLOW_TRACKING_URI`` when set (a
+    team's tracking server), as MLflow itself reads it; else that SQLite file, since MLflow 3 no
+    longer accepts a plain ./mlruns folder as a tracking store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{database}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """``${mlflow_artifact_location:<tracking URI>}``: where a new experiment keeps its runs'
+    files: ``mlartifacts`` beside a SQLite store (so the project root by default); None for a
+    tracking server, which keeps them in its own artifact store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_posix()
+
+
+class MlflowTrackingHook:
+    """Log settings, learning curves, evaluation and files to the run kedro-mlflow opened."""
+
+    def __init__(self) -> None:
+        self._client = None  # an mlflow.MlflowClient while a run is being tracked
+        self._run_id: str | None = None
+        self._catalog = None
+
+    # trylast: after kedro-mlflow's before_pipeline_run, which opens the run
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        self._client = self._run_id = None
+        try:
+            import mlflow
+        except ImportError:
+            return
+        run = mlflow.active_run()
+        if run is None:
+            return
+        self._client, self._run_id, self._catalog = mlflow.MlflowClient(), run.info.run_id, catalog
+        parameters = catalog.load("parameters")
+        for dataset in namespaces(pipeline):
+            settings = dataclasses.asdict(resolved_settings(parameters.get(dataset) or {}, dataset))
+            self._client.log_batch(self._run_id, params=_params(flatten(settings, prefix=dataset)))
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        if self._run_id is None or "." not in dataset_name:
+            return
+        dataset, entry = dataset_name.split(".", 1)
+        try:
+            if entry == "training_history":
+                self._log_history(dataset, data)
+            elif entry == "metrics":
+                self._log_evaluation(dataset, data)
+            if entry in ARTIFACT_FOLDERS or entry.endswith("_plot"):
+                folder = ARTIFACT_FOLDERS.get(entry, "plots")
+                self._client.log_artifact(self._run_id, str(saved_path(self._catalog, dataset_name)),
+                                          f"{dataset}/{folder}")
+        except Exception as error:  # noqa: BLE001 - a tracking failure must not stop a long run halfway
+            log.warning("could not log %s to MLflow run %s: %s (the file itself was saved)", dataset_name,
+                        self._run_id, error)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._run_id is not None:
+            uri = self._client.tracking_uri
+            log.info("MLflow run %s logged to %s; compare runs with: mlflow ui --backend-store-uri %s",
+                     self._run_id, uri, uri)
+        self._client = self._run_id = self._catalog = None
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._client = self._run_id = self._catalog = None
+
+    def _log_history(self, dataset: str, history) -> None:
+        """Each column of the epoch table (losses, accuracies, lr, seconds) as a metric with step = epoch."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{dataset}.{column}", float(value), now, int(row["epoch"]))
+                   for row in history.to_dict("records") for column, value in row.items()
+                   if column != "epoch" and _is_number(value)]
+        self._client.log_batch(self._run_id, metrics=metrics)
+
+    def _log_evaluation(self, dataset: str, metrics: dict[str, Any]) -> None:
+        """Accuracy, macro F1 and each class's accuracy (classes without images have none)."""
+        values = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        names = metric_names(list(metrics["per_class"]))
+        values.update({f"class_accuracy.{names[name]}": scores["accuracy"]
+                       for name, scores in metrics["per_class"].items() if scores["support"]})
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(self._run_id, metrics=[Metric(f"{dataset}.{key}", value, now, 0)
+                                                      for key, value in values.items()],
+                               tags=[RunTag(f"{dataset}.evaluated_on", metrics["subset"])])
+
+
+def resolved_settings(sections: dict[str, Any], dataset: str) -> DatasetConfig:
+    """Every setting of ``dataset``, defaults included. Kedro hands the catalog's parameters
+    over with the sections nodes declare typed already built; the rest are still dicts."""
+    as_dicts = {name: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                for name, value in sections.items()}
+    return parse_dataset(as_dicts, dataset)
+
+
+def flatten(settings: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"train": {"epochs": 4}}`` -> ``{"<prefix>.train.epochs": 4}``, nested sections included."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}.{key}"))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
+
+
+def metric_names(class_names: list[str]) -> dict[str, str]:
+    """A distinct MLflow metric name for each class: letters, digits, ``_ - .`` and spaces kept,
+    anything else (slashes, colons, dashes of other kinds) becomes ``_``."""
+    names: dict[str, str] = {}
+    for class_name in class_names:
+        name = re.sub(r"[^\w.\- ]", "_", class_name)
+        while name in names.values():  # "a:b" and "a/b" both read "a_b"
+            name += "_"
+        names[class_name] = name
+    return names
+
+
+def _params(settings: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(key, str(value)) for key, value in settings.items()]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,150 @@
+"""Experiment tracking: each `kedro run` is an MLflow run holding its settings, learning curves,
+evaluation and files (kedro-mlflow and ``vision_pipelines.tracking``); without mlflow the
+project runs as before."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import fast_params, latest, make_class_folders, make_project, run_kedro
+from vision_pipelines.tracking import MlflowTrackingHook, artifact_location, metric_names
+
+mlflow = pytest.importorskip("mlflow")
+
+CLASSES = ["Apple Red 1", "Kiwi: gold", "Pomme de terre — déjà vu"]
+PLOTS = ["accuracy", "loss", "lr", "confusion", "per_class_accuracy", "error_gallery", "sample_batch"]
+EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh project copy run twice, with 1 and then 2 epochs, tracking to its own default
+    store (not the test session's): the project, an MlflowClient on that store, its runs by epochs."""
+    root = tmp_path_factory.mktemp("tracking")
+    make_class_folders(root / "images" / "Training", CLASSES, 8)
+    make_class_folders(root / "images" / "Test", CLASSES, 3, start_seed=500)
+    project = make_project(root / "project")
+    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(root / "images")})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI")
+        patch.chdir(project)
+        for epochs in (1, 2):
+            run_kedro(project, "fruits", {**params, "fruits.train.epochs": epochs})
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vision-pipelines")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return project, client, {int(run.data.params["fruits.train.epochs"]): run for run in runs}
+
+
+def saved(project: Path, run, relative: str) -> Path:
+    """The file ``data/<relative>`` that ``run`` saved: Kedro's version folder is its run_id tag."""
+    path = project / "data" / relative
+    return path / run.data.tags["run_id"] / path.name
+
+
+def test_each_kedro_run_is_one_finished_mlflow_run_with_its_settings(two_runs) -> None:
+    project, client, runs = two_runs
+    assert sorted(runs) == [1, 2]
+    for epochs, run in runs.items():
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert params["fruits.train.epochs"] == str(epochs)
+        assert params["fruits.images.size"] == "16"
+        assert params["fruits.model.width"] == "8"
+        assert params["fruits.train.batch_size"] == "16"
+        assert params["fruits.train.distributed.nproc_per_node"] == "1"  # nested sections too
+        assert params["fruits.split.val_fraction"] == "0.2"  # defaults and conf/base values alike
+        # kedro-mlflow's own record of each section, whole, agrees
+        assert json.loads(params["fruits.train"])["epochs"] == epochs
+        assert saved(project, run, "08_reporting/fruits/metrics.json").is_file()
+
+
+def test_learning_curves_are_metrics_per_epoch(two_runs) -> None:
+    project, client, runs = two_runs
+    for epochs, run in runs.items():
+        history = pd.read_csv(saved(project, run, "08_reporting/fruits/training_history.csv"))
+        for name in EPOCH_METRICS:
+            logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"fruits.{name}"))
+            assert [step for step, _ in logged] == list(range(1, epochs + 1)), name
+            assert [value for _, value in logged] == pytest.approx(history[name].tolist()), name
+
+
+def test_evaluation_metrics_equal_the_metrics_file(two_runs) -> None:
+    project, client, runs = two_runs
+    for run in runs.values():
+        metrics = json.loads(saved(project, run, "08_reporting/fruits/metrics.json").read_text())
+        logged = run.data.metrics
+        assert logged["fruits.accuracy"] == pytest.approx(metrics["accuracy"])
+        assert logged["fruits.macro_f1"] == pytest.approx(metrics["macro_f1"])
+        names = {"Apple Red 1": "Apple Red 1", "Kiwi: gold": "Kiwi_ gold",
+                 "Pomme de terre — déjà vu": "Pomme de terre _ déjà vu"}
+        for class_name, metric in names.items():
+            assert logged[f"fruits.class_accuracy.{metric}"] == pytest.approx(
+                metrics["per_class"][class_name]["accuracy"])
+        assert run.data.tags["fruits.evaluated_on"] == "test"
+
+
+def test_plots_model_card_and_weights_are_run_artifacts_beside_the_store(two_runs, tmp_path: Path) -> None:
+    project, client, runs = two_runs
+    for run in runs.values():
+        assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
+        plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "fruits/plots")}
+        assert plots == {f"{plot}.png" for plot in PLOTS}
+        for artifact, relative in (("fruits/model/model.safetensors", "06_models/fruits/model.safetensors"),
+                                   ("fruits/model/model_card.json", "06_models/fruits/model_card.json")):
+            local = client.download_artifacts(run.info.run_id, artifact, str(tmp_path))
+            assert Path(local).read_bytes() == saved(project, run, relative).read_bytes(), artifact
+    # the two runs' weights differ: each run logged its own version, not the latest
+    weights = [saved(project, run, "06_models/fruits/model.safetensors").read_bytes() for run in runs.values()]
+    assert weights[0] != weights[1]
+
+
+@pytest.fixture
+def without_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the `mlflow` extra were not installed: mlflow and kedro-mlflow cannot be imported,
+    and Kedro finds no kedro-mlflow plugin to register hooks from."""
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    monkeypatch.setitem(sys.modules, "kedro_mlflow", None)
+    installed = importlib.metadata.distributions
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda **kwargs: [
+        d for d in installed(**kwargs) if d.metadata["Name"].replace("_", "-").lower() != "kedro-mlflow"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+
+def test_without_mlflow_the_project_runs_unchanged(without_mlflow, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImportError):
+        import mlflow as _  # noqa: F401
+    make_class_folders(tmp_path / "images" / "Training", CLASSES, 8)
+    make_class_folders(tmp_path / "images" / "Test", CLASSES, 3, start_seed=500)
+    project = make_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    assert (project / "conf" / "base" / "mlflow.yml").is_file()
+    run_kedro(project, "fruits", fast_params("fruits", **{"source.kind": "local", "train.epochs": 1,
+                                                           "source.path": str(tmp_path / "images")}))
+    assert json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())["images"] == 9
+    assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
+
+
+def test_hook_does_nothing_when_no_mlflow_run_is_open() -> None:
+    """kedro-mlflow opens no run for a pipeline listed in mlflow.yml's disable_tracking."""
+    assert mlflow.active_run() is None
+    hook = MlflowTrackingHook()
+    hook.before_pipeline_run(pipeline=None, catalog=None)  # neither is looked at
+    hook.after_dataset_saved("fruits.metrics", {"accuracy": 1.0})
+
+
+def test_class_names_become_distinct_metric_names() -> None:
+    assert metric_names(["Pomme de terre — déjà vu", "a:b", "a/b", "a_b"]) == {
+        "Pomme de terre — déjà vu": "Pomme de terre _ déjà vu", "a:b": "a_b", "a/b": "a_b_", "a_b": "a_b__"}
+
+
+def test_run_files_go_beside_a_sqlite_store_and_to_a_server_s_own_store() -> None:
+    assert artifact_location("sqlite:////data/mlflow.db") == "/data/mlartifacts"
+    assert artifact_location("http://127.0.0.1:5000") is None
