@@ -9,9 +9,10 @@ The recipes are the project's own parameters: ``tutorial`` is ``conf/base`` (Ada
 ``--env=cifar10_fast`` (Adam one-cycle at batch 512, label smoothing 0.2, 2 px translate + flip, no
 dropout, keeps the last epoch). Both average each test image with its mirror.
 Each runs through the pipeline's own nodes (split, cache, train, predict, evaluate) on the same
-images. A one-cycle schedule must know its length in advance, so each recipe is first timed for
-two epochs; it then trains for as many epochs as fit in the budget, and the training time it really
-took is recorded beside its test accuracy. Results: ``benchmarks/results/cifar10_time_budget_<device>.{json,md}``.
+images; the image cache is decoded once per recipe. A one-cycle schedule must know its length in
+advance, so each recipe is first timed for two epochs; it then trains for as many epochs as fit in
+the budget, and the training time it really took is recorded beside its test accuracy.
+Results: ``benchmarks/results/cifar10_time_budget_<device>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -19,42 +20,46 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, SAMPLES, machine_line, machine_record, project_parameters, write_record
-from vision_pipelines import engine
-from vision_pipelines.config import TrainConfig, parse
-from vision_pipelines.pipelines.image_classification import nodes
+from common import RESULTS, SAMPLES, import_nodes, machine_line, machine_record, project_parameters, write_record
+from vision_pipelines.cache import ImageCache, write_cache
+from vision_pipelines.config import DatasetConfig, parse_dataset
+from vision_pipelines.loader import resolve_device
 
+nodes = import_nodes()  # the pipeline's nodes (without Kedro where there is none)
 RECIPES = {"tutorial": "base", "fast": "cifar10_fast"}  # recipe -> Kedro environment
 CALIBRATION_EPOCHS = 2
 
 
-def recipe_parameters(env: str, data: Path, device: str = "auto", width: int | None = None) -> dict[str, Any]:
-    """``params:cifar10`` of ``env``, reading the local folder ``data`` and writing no checkpoint."""
+def recipe_config(env: str, data: Path, device: str = "auto", width: int | None = None) -> DatasetConfig:
+    """``params:cifar10`` of ``env``, validated, reading the local folder ``data``."""
     params = project_parameters("cifar10", env)
     if width is not None:  # a narrower network for a quick look (the recipes' own is 64)
         params["model"] = {**params["model"], "width": width}
     params["source"] = {**params["source"], "kind": "local", "path": str(data)}
-    params["train"] = {**params["train"], "checkpoint_path": None, "resume": False, "device": device}
-    return params
+    params["compute"] = {**params.get("compute", {}), "device": device}
+    params["train"] = {**params["train"], "resume": False}  # no checkpoint is written: nothing to resume
+    return parse_dataset(params, "cifar10")
 
 
-def prepare(params: dict[str, Any], data: Path) -> tuple:
+def prepare(config: DatasetConfig, data: Path, cache_folder: Path) -> tuple:
     """split -> cache with the pipeline's nodes: ``(manifest, class_names, image_cache)``."""
-    manifest, class_names = nodes.build_manifest(data, params["source"], params["split"])
-    cache, _ = nodes.build_image_cache(data, manifest, class_names, params["images"])
-    return manifest, class_names, cache
+    manifest, class_names = nodes.build_manifest(data, config.source, config.split)
+    write_cache(cache_folder, nodes.build_image_cache(data, manifest, class_names, config.images))
+    return manifest, class_names, ImageCache(cache_folder)
 
 
-def train_and_test(params: dict[str, Any], prepared: tuple, epochs: int) -> dict[str, Any]:
+def train_and_test(config: DatasetConfig, prepared: tuple, epochs: int) -> dict[str, Any]:
     """train ``epochs`` -> predict -> evaluate, with the pipeline's nodes."""
     manifest, class_names, cache = prepared
-    weights, card, history, _ = nodes.train_model(cache, class_names, params["model"], params["images"],
-                                                  {**params["train"], "epochs": epochs})
-    predictions = nodes.predict(weights, card, cache, manifest, params["evaluate"])
-    metrics = nodes.evaluate_predictions(predictions, class_names, params["evaluate"])
+    report = nodes.summarise_data(manifest, cache, class_names, config.split, config.evaluate, config.submission)
+    weights, card, history, _ = nodes.train_model(cache, report, None, config.model, config.images,
+                                                  dataclasses.replace(config.train, epochs=epochs), config.compute)
+    predictions = nodes.predict(weights, card, cache, manifest, config.evaluate, config.compute)
+    metrics = nodes.evaluate_predictions(predictions, class_names, config.evaluate)
     training = card["training"]
     return {"epochs": epochs, "train_seconds": training["seconds"],
             "seconds_per_epoch": round(float(history["seconds"].iloc[1:].median()), 2) if epochs > 1 else None,
@@ -67,27 +72,30 @@ def run_recipe(name: str, data: Path, budget_seconds: float, device: str = "auto
                width: int | None = None) -> dict[str, Any]:
     """Time two epochs, then train as many epochs as fit in ``budget_seconds`` and test."""
     env = RECIPES[name]
-    params = recipe_parameters(env, data, device, width)
-    prepared = prepare(params, data)
-    calibration = train_and_test(params, prepared, CALIBRATION_EPOCHS)
-    # timed on the second epoch: the first one also pays for warm-up
-    epochs = max(1, int(budget_seconds // calibration["seconds_per_epoch"]))
-    logging.getLogger(__name__).info("%s: %.2f s per epoch -> %d epochs in %.0f s", name,
-                                     calibration["seconds_per_epoch"], epochs, budget_seconds)
-    result = train_and_test(params, prepared, epochs)
-    train = dataclasses.asdict(parse(TrainConfig, params["train"], "train"))  # with the defaults filled in
+    config = recipe_config(env, data, device, width)
+    with tempfile.TemporaryDirectory(prefix="cifar10-cache-") as cache_folder:
+        prepared = prepare(config, data, Path(cache_folder))
+        calibration = train_and_test(config, prepared, CALIBRATION_EPOCHS)
+        # timed on the second epoch: the first one also pays for warm-up
+        epochs = max(1, int(budget_seconds // calibration["seconds_per_epoch"]))
+        logging.getLogger(__name__).info("%s: %.2f s per epoch -> %d epochs in %.0f s", name,
+                                         calibration["seconds_per_epoch"], epochs, budget_seconds)
+        result = train_and_test(config, prepared, epochs)
+    train = dataclasses.asdict(config.train)
     settings = {key: train[key] for key in ("batch_size", "optimizer", "max_lr", "pct_start", "weight_decay",
                                             "label_smoothing", "crop_padding", "flip", "grad_clip", "keep")}
-    settings |= {"width": params["model"]["width"], "tta_flip": params["evaluate"].get("tta_flip", False)}
+    settings |= {"width": config.model.width, "tta_flip": config.evaluate.tta_flip}
     return {"recipe": name, "env": env, **result, "within_budget": result["train_seconds"] <= budget_seconds,
             "settings": settings,
             "kedro_command": "kedro run --pipelines=cifar10" + ("" if env == "base" else f" --env={env}")
             + f" --params=cifar10.source.kind=local,cifar10.source.path={data},cifar10.train.epochs={epochs}"
-            + ("" if width is None else f",cifar10.model.width={width}")}
+            + ("" if width is None else f",cifar10.model.width={width}")
+            + ("" if device == "auto" else f",cifar10.compute.device={device}")}
 
 
 def markdown(record: dict[str, Any]) -> list[str]:
-    lines = [f"# CIFAR-10: accuracy within {record['budget_seconds']:.0f} s of training, {record['device_type'].upper()}",
+    lines = [f"# CIFAR-10: accuracy within {record['budget_seconds']:.0f} s of training, "
+             f"{record['device_type'].upper()}",
              "", machine_line(record), "", f"Data: `{record['data']}` ({record['data_note']}).", "",
              "| recipe | env | settings | epochs | train time | test accuracy (images) |",
              "|---|---|---|---|---|---|"]
@@ -114,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data = args.data.resolve()
-    record = {**machine_record(engine.resolve_device(args.device)), "budget_seconds": args.seconds,
+    record = {**machine_record(resolve_device(args.device)), "budget_seconds": args.seconds,
               "data": str(data), "recipes": []}
     for name in args.recipes:
         record["recipes"].append(run_recipe(name, data, args.seconds, args.device, args.width))

@@ -2,15 +2,22 @@
 
 Every figure a script records carries the date, the device, the torch version, the cores and the
 command that made it, so anyone can re-run it and compare like with like.
+
+Nothing here needs Kedro unless Kedro is there: the GPU machine (``gpu_suite.py``) has none, so
+the parameters are then read with PyYAML and merged as Kedro's "soft" strategy merges them, and
+the pipeline's nodes are imported without their package (whose ``__init__`` builds Kedro pipelines).
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 import platform
+import shutil
 import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,8 @@ import torch
 from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
+if str(PROJECT / "src") not in sys.path:  # the package, where it is not installed (the GPU machine)
+    sys.path.insert(1, str(PROJECT / "src"))
 RESULTS = PROJECT / "benchmarks" / "results"
 SAMPLES = Path(os.environ.get("DATASETS_DIR", PROJECT.parent / "shared" / "datasets"))
 # each dataset's sample, in its original layout, under SAMPLES
@@ -27,8 +36,18 @@ SAMPLE_ROOTS = {"fruits": "fruits360", "garbage": "garbage", "intel": "intel", "
                 "cifar10": "cifar10"}
 
 
+def has_kedro() -> bool:
+    try:
+        import kedro  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def project_parameters(dataset: str, env: str) -> dict[str, Any]:
     """``params:<dataset>`` as ``kedro run --env=<env>`` sees them (conf/<env> over conf/base)."""
+    if not has_kedro():
+        return yaml_parameters(dataset, env)
     from kedro.config import OmegaConfigLoader
 
     from vision_pipelines.settings import CONFIG_LOADER_ARGS
@@ -39,15 +58,69 @@ def project_parameters(dataset: str, env: str) -> dict[str, Any]:
         return loader["parameters"][dataset]
 
 
-def generate_class_folders(root: Path, classes: int = 10, per_class: int = 50, size: int = 32) -> Path:
+def yaml_parameters(dataset: str, env: str, conf: Path = PROJECT / "conf") -> dict[str, Any]:
+    """The same parameters without Kedro: ``conf/base/parameters*.yml``, then ``conf/<env>``'s
+    merged over them key by key (Kedro's "soft" merge). The parameter files use no interpolation."""
+    import yaml
+
+    def merge(base: dict, update: dict) -> dict:
+        return {**base, **{key: merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
+                           else value for key, value in update.items()}}
+
+    merged: dict[str, Any] = {}
+    for folder in dict.fromkeys(["base", env]):
+        for path in sorted((conf / folder).glob("parameters*.yml")):
+            merged = merge(merged, yaml.safe_load(path.read_text()) or {})
+    return merged[dataset]
+
+
+def import_nodes() -> types.ModuleType:
+    """``vision_pipelines.pipelines.image_classification.nodes``, also where Kedro is absent.
+
+    The nodes are plain functions, but their package's ``__init__`` builds the Kedro pipeline.
+    Without Kedro, the package is registered as a bare module over its folder (what Python does
+    for a folder without ``__init__``), so that only the nodes module itself is imported.
+    """
+    name = "vision_pipelines.pipelines.image_classification"
+    if not has_kedro() and name not in sys.modules:
+        parent = importlib.import_module("vision_pipelines.pipelines")
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(parent.__path__[0]) / "image_classification")]
+        sys.modules[name] = package
+    return importlib.import_module(f"{name}.nodes")
+
+
+def latest_version(path: Path) -> Path:
+    """The newest version of a versioned catalog output: ``<path>/<newest timestamp>/<name>``."""
+    versions = sorted(p for p in Path(path).iterdir() if (p / Path(path).name).is_file())
+    if not versions:
+        raise FileNotFoundError(f"no version of {path}")
+    return versions[-1] / Path(path).name
+
+
+def project_copy(folder: Path) -> Path:
+    """A throw-away copy of the project's configuration at ``folder``, where ``kedro run`` writes
+    its own data/ (the real project's data/ stays untouched)."""
+    folder.mkdir(parents=True)
+    shutil.copytree(PROJECT / "conf", folder / "conf", ignore=shutil.ignore_patterns("credentials*", "local"))
+    (folder / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        if (PROJECT / name).exists():
+            shutil.copy(PROJECT / name, folder / name)
+    (folder / "src").mkdir()  # bootstrap_project checks it exists; the package is installed
+    return folder
+
+
+def generate_class_folders(root: Path, classes: int = 10, per_class: int = 50, size: int = 32,
+                           seed: int = 0) -> Path:
     """Stand-in JPEGs in ``root/<class>/<n>.jpg``, for a clean clone without the shared samples.
 
     Each class is a colour with mild noise and a bright square, so the files compress and decode
     like small photos rather than like pure noise (which would make JPEG decoding look slower).
     """
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        colour = rng.integers(30, 225, 3)
+    colours = np.random.default_rng(0).integers(30, 225, (classes, 3))  # a class's colour, whatever the seed
+    rng = np.random.default_rng(seed)
+    for c, colour in enumerate(colours):
         (root / f"class_{c}").mkdir(parents=True)
         for n in range(per_class):
             pixels = np.clip(colour + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
@@ -70,11 +143,18 @@ def device_name(device: torch.device) -> str:
 
 def machine_record(device: torch.device) -> dict[str, Any]:
     """Date, device, software and the command line: the header of every results file."""
+    import torchvision
+
+    cuda = {}
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        cuda = {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                "gpu_memory_gib": round(properties.total_memory / 2**30, 1), "gpu_count": torch.cuda.device_count()}
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device_type": device.type, "device": device_name(device),
+        "device_type": device.type, "device": device_name(device), **cuda,
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
         "command": " ".join(["python", os.path.relpath(sys.argv[0], PROJECT), *sys.argv[1:]])
         if sys.argv and sys.argv[0].endswith(".py") else "(called from Python, not the command line)",
     }
@@ -90,5 +170,7 @@ def write_record(record: dict[str, Any], markdown: list[str], stem: str, results
 
 
 def machine_line(record: dict[str, Any]) -> str:
-    return (f"{record['date']}; {record['device']}; {record['cores']} cores ({record['torch_threads']} torch "
+    gpu = (f" ({record['gpu_memory_gib']} GiB, CUDA {record['cuda']}, cuDNN {record['cudnn']})"
+           if record.get("cuda") else "")
+    return (f"{record['date']}; {record['device']}{gpu}; {record['cores']} cores ({record['torch_threads']} torch "
             f"threads); torch {record['torch']}. Command: `{record['command']}`")

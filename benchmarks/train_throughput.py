@@ -1,12 +1,13 @@
 """Training throughput three ways, with the same model, image size, batch size, optimizer and data:
 
-1. project   - the train stage itself: ``engine.fit`` on the uint8 image cache that
-               ``images.build_cache`` decodes once; batches are gathered, cropped, flipped and
-               normalised as whole tensors on the training device;
+1. project   - the train stage itself: ``engine.fit`` on a ``loader.Loader`` over the uint8
+               image cache (``cache.write_cache`` decodes every image once); batches are
+               gathered, cropped, flipped and normalised as whole tensors on the training device;
 2. reference - the loop of the tutorials: torchvision ``ImageFolder`` + per-sample
                RandomCrop(pad 4, reflect) + RandomHorizontalFlip + ToTensor + Normalize, a
                ``DataLoader`` with worker processes, feeding the same model step;
-3. ceiling   - the same model step on one float batch already on the device: no data path.
+3. ceiling   - the same model step (``engine.TrainStep``) on one float batch already on the
+               device: no data path.
 
     python benchmarks/train_throughput.py                          # cifar10, --env=cpu profile
     python benchmarks/train_throughput.py --dataset fruits         # fruits, --env=cpu profile
@@ -14,12 +15,13 @@
 
 The model, image size, batch size and recipe come from the project's own parameters
 (``conf/<env>`` over ``conf/base``), so the benchmark measures a configuration users run; flags
-override them. Timing runs in ``--windows`` rounds; in each round every path, in a fresh process,
-trains one warm-up window of ``--steps`` steps and then one timed window. Fresh processes keep any
-path from inheriting another's warm caches, worker processes or memory peak, and rounds spread
-the load of a shared machine over all paths alike; the median window is reported. Data: the dataset's
-sample in ``$DATASETS_DIR`` (default ``../shared/datasets``), repeated to fill the windows, or
-generated JPEGs when there is none. Results: ``benchmarks/results/train_throughput_<device>.{json,md}``.
+override them. The image cache is built once, before timing. Timing runs in ``--windows``
+rounds; in each round every path, in a fresh process, trains one warm-up window of ``--steps``
+steps and then one timed window. Fresh processes keep any path from inheriting another's warm
+caches, worker processes or memory peak, and rounds spread the load of a shared machine over all
+paths alike; the median window is reported. Data: the dataset's sample in ``$DATASETS_DIR``
+(default ``../shared/datasets``), repeated to fill the windows, or generated JPEGs when there is none.
+Results: ``benchmarks/results/train_throughput_<device>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -44,10 +46,20 @@ from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision import datasets, transforms
 
-from common import (RESULTS, SAMPLE_ROOTS, SAMPLES, generate_class_folders, machine_line, machine_record,
-                    project_parameters, write_record)
-from vision_pipelines import engine, images
-from vision_pipelines.config import ImageConfig, ModelConfig, TrainConfig, parse
+from common import (
+    RESULTS,
+    SAMPLE_ROOTS,
+    SAMPLES,
+    generate_class_folders,
+    machine_line,
+    machine_record,
+    project_parameters,
+    write_record,
+)
+from vision_pipelines import engine, lineage
+from vision_pipelines.cache import CacheBuild, ImageCache, write_cache
+from vision_pipelines.config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig, parse
+from vision_pipelines.loader import Loader, MemoryImages, has_fast_bf16, resolve_device
 from vision_pipelines.models import build_model
 
 PATHS = ("project", "reference", "ceiling")
@@ -66,7 +78,9 @@ class Setup:
     env: str
     images: ImageConfig
     model: ModelConfig
+    compute: ComputeConfig
     train: TrainConfig
+    cache: Path | None = None  # the image cache of ``folder``'s images; measure() builds it when None
     steps: int = 40  # steps per window
     windows: int = 5  # timed windows (rounds); each comes after a warm-up window
     workers: int = 2  # DataLoader worker processes of the reference loop
@@ -85,12 +99,13 @@ def make_setup(dataset: str = "cifar10", env: str = "cpu", folder: Path | None =
     """The project's ``<dataset>`` parameters under ``--env=<env>``, with ``overrides`` per section."""
     params = project_parameters(dataset, env)
     sections = {name: {**params.get(name, {}), **(overrides or {}).get(name, {})}
-                for name in ("images", "model", "train")}
-    # no checkpoint (each window would write one), and never resume an earlier run
-    sections["train"].update(checkpoint_path=None, resume=False)
-    return Setup(folder=Path(folder) if folder else SAMPLES / SAMPLE_ROOTS[dataset] / TRAIN_FOLDERS[dataset], dataset=dataset, env=env,
+                for name in ("images", "model", "compute", "train")}
+    sections["train"]["resume"] = False  # fit() gets no checkpoint: nothing to resume
+    folder = Path(folder) if folder else SAMPLES / SAMPLE_ROOTS[dataset] / TRAIN_FOLDERS[dataset]
+    return Setup(folder=folder, dataset=dataset, env=env,
                  images=parse(ImageConfig, sections["images"], "images"),
                  model=parse(ModelConfig, sections["model"], "model"),
+                 compute=parse(ComputeConfig, sections["compute"], "compute"),
                  train=parse(TrainConfig, sections["train"], "train"), **timing)
 
 
@@ -104,26 +119,36 @@ def labelled_files(setup: Setup) -> tuple[list[tuple[str, int]], list[str]]:
     return folder.samples, folder.classes
 
 
-def project_rates(setup: Setup, device: torch.device) -> tuple[list[float], dict[str, Any]]:
-    """Path 1: ``engine.fit`` itself, one epoch per window (the first one is warm-up)."""
+def build_cache(setup: Setup, folder: Path) -> float:
+    """Decode ``setup.folder``'s images into an image cache at ``folder`` (all of them in the
+    ``train`` subset), as the cache stage does; returns the seconds it took."""
     samples, classes = labelled_files(setup)
     manifest = pd.DataFrame({"file": [os.path.relpath(path, setup.folder) for path, _ in samples],
                              "label": [classes[label] for _, label in samples], "subset": "train"})
+    files = manifest.assign(label=[label for _, label in samples], row=manifest.index)
     started = time.perf_counter()
-    cache, _ = images.build_cache(setup.folder, manifest, classes, setup.images.size, setup.images.channels,
-                                  setup.images.decode_workers)
-    cache_seconds = time.perf_counter() - started
-    # The sample repeated to exactly one window per epoch, as a dataset of that size would be.
-    copies = -(-setup.images_per_window // len(samples))
-    train_x = cache["train.images"].repeat(copies, 1, 1, 1)[:setup.images_per_window]
-    train_y = cache["train.labels"].repeat(copies)[:setup.images_per_window]
-    no_val = torch.empty(0, *train_x.shape[1:], dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    write_cache(folder, CacheBuild(setup.folder, files, classes, setup.images,
+                                   lineage.manifest_fingerprint(manifest, classes)))
+    return time.perf_counter() - started
+
+
+def project_rates(setup: Setup, device: torch.device) -> tuple[list[float], dict[str, Any]]:
+    """Path 1: ``engine.fit`` itself, one epoch per window (the first one is warm-up)."""
+    cache = ImageCache(setup.cache)
+    # The images repeated (or cut) to exactly one window per epoch, as a dataset of that size would be.
+    copies = -(-setup.images_per_window // cache.count("train"))
+    train_x = cache.images("train").repeat(copies, 1, 1, 1)[:setup.images_per_window]
+    train_y = cache.labels("train").repeat(copies)[:setup.images_per_window]
+    norm = {"mean": setup.images.mean, "std": setup.images.std, "batch_size": setup.train.batch_size,
+            "compute": setup.compute}
+    train = Loader.create(MemoryImages(train_x), train_y, **norm, crop_padding=setup.train.crop_padding,
+                          flip=setup.train.flip)
+    no_val = Loader.create(MemoryImages(train_x[:0]), train_y[:0], **norm)
     engine.seed_everything(setup.train.seed)
-    network = build_model(setup.model, setup.images.channels, len(classes))
-    config = dataclasses.replace(setup.train, epochs=1 + setup.windows)
-    result = engine.fit(network, train_x, train_y, *no_val, config, setup.images)
+    network = build_model(setup.model, setup.images.channels, len(cache.class_names))
+    result = engine.fit(network, train, no_val, dataclasses.replace(setup.train, epochs=1 + setup.windows))
     rates = [setup.images_per_window / seconds for seconds in result.history["seconds"].iloc[1:]]
-    return rates, {"cache_build_seconds": round(cache_seconds, 2), "sample_images": len(samples)}
+    return rates, {"sample_images": cache.count("train")}
 
 
 def reference_step(setup: Setup, device: torch.device) -> Callable[[], None]:
@@ -152,27 +177,33 @@ def reference_step(setup: Setup, device: torch.device) -> Callable[[], None]:
 
     def one_step() -> None:
         x, y = next(batches)
-        step.forward_backward(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        step(x.to(device, non_blocking=True).contiguous(memory_format=step.loader.memory_format),
+             y.to(device, non_blocking=True))
 
     return one_step
 
 
 def ceiling_step(setup: Setup, device: torch.device) -> Callable[[], None]:
     """Path 3: the model step alone, on one float batch made on the device beforehand."""
-    _, classes = labelled_files(setup)
+    classes = ImageCache(setup.cache).class_names
     step = new_train_step(setup, len(classes), device)
     generator = torch.Generator(device).manual_seed(0)
     shape = (setup.train.batch_size, setup.images.channels, setup.images.size, setup.images.size)
-    x = torch.randn(shape, generator=generator, device=device)
+    x = torch.randn(shape, generator=generator, device=device).contiguous(memory_format=step.loader.memory_format)
     y = torch.randint(0, len(classes), (setup.train.batch_size,), generator=generator, device=device)
-    return lambda: step.forward_backward(x, y)
+    return lambda: step(x, y)
 
 
 def new_train_step(setup: Setup, classes: int, device: torch.device) -> engine.TrainStep:
-    """The project's model step (bf16 autocast and channels_last on CUDA), as ``fit`` builds it."""
+    """The project's model step, as ``fit`` builds it: its loader gives the device, precision
+    (bf16 autocast where native) and memory format (channels_last); it holds no images here."""
     engine.seed_everything(setup.train.seed)
     network = build_model(setup.model, setup.images.channels, classes)
-    return engine.TrainStep(network, setup.train, setup.images, device, total_steps=setup.total_steps)
+    no_images = MemoryImages(torch.empty(0, setup.images.channels, setup.images.size, setup.images.size,
+                                         dtype=torch.uint8))
+    loader = Loader.create(no_images, torch.empty(0, dtype=torch.int64), setup.images.mean, setup.images.std,
+                           setup.train.batch_size, setup.compute)
+    return engine.TrainStep(network, setup.train, loader, total_steps=setup.total_steps)
 
 
 def window_rates(one_step: Callable[[], None], setup: Setup, device: torch.device) -> list[float]:
@@ -199,7 +230,7 @@ def _synchronize(device: torch.device) -> None:
 
 def measure_path(setup: Setup, path: str) -> dict[str, Any]:
     """Window rates, median images/s and peak memory of one path (run it in a fresh process)."""
-    device = engine.resolve_device(setup.train.device)
+    device = resolve_device(setup.compute.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     details: dict[str, Any] = {}
@@ -222,15 +253,22 @@ def measure_path(setup: Setup, path: str) -> dict[str, Any]:
 
 def measure(setup: Setup, isolate: bool = True) -> dict[str, Any]:
     """``setup.windows`` timed windows of each path, each window in its own spawned process
-    unless ``isolate`` is False (tests)."""
-    device = engine.resolve_device(setup.train.device)
+    unless ``isolate`` is False (tests, smoke runs)."""
+    if setup.cache is None:  # decoded once, here, for every round of the project path
+        with tempfile.TemporaryDirectory(prefix="throughput-cache-") as folder:
+            seconds = build_cache(setup, Path(folder))
+            record = measure(dataclasses.replace(setup, cache=Path(folder)), isolate)
+        record["paths"]["project"]["cache_build_seconds"] = round(seconds, 2)
+        return record
+    device = resolve_device(setup.compute.device)
     record = {**machine_record(device),
               "setup": {"dataset": setup.dataset, "env": setup.env, "data": str(setup.folder),
                         "steps_per_window": setup.steps, "windows": setup.windows,
                         "dataloader_workers": setup.workers, "images": dataclasses.asdict(setup.images),
-                        "model": dataclasses.asdict(setup.model), "train": dataclasses.asdict(setup.train),
-                        "bf16_autocast": setup.train.mixed_precision and engine.has_fast_bf16(device),
-                        "channels_last": setup.train.channels_last},
+                        "model": dataclasses.asdict(setup.model), "compute": dataclasses.asdict(setup.compute),
+                        "train": dataclasses.asdict(setup.train),
+                        "bf16_autocast": setup.compute.mixed_precision and has_fast_bf16(device),
+                        "channels_last": setup.compute.channels_last},
               "paths": {}}
     # Round after round, each path trains one warm-up window and one timed window in a fresh
     # process: a burst of load from elsewhere on a shared machine then hits all paths alike.
@@ -307,8 +345,8 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = {"images": {"size": args.size}, "model": {"width": args.width},
-                 "train": {"batch_size": args.batch_size, "device": args.device, "compile": args.compile,
-                           "mixed_precision": False if args.fp32 else None}}
+                 "compute": {"device": args.device, "mixed_precision": False if args.fp32 else None},
+                 "train": {"batch_size": args.batch_size, "compile": args.compile}}
     overrides = {section: {k: v for k, v in values.items() if v is not None} for section, values in overrides.items()}
     setup = make_setup(args.dataset, args.env, args.data, overrides, steps=args.steps, windows=args.windows,
                        workers=args.workers)
