@@ -132,9 +132,7 @@ def main() -> None:
                            + ("; the 500-image sample, not the full dataset" if data == (SAMPLES / "cifar10").resolve()
                               else ""))
     lines = markdown(record)
-    paths = write_record(record, lines, f"cifar10_time_budget_{record['device_type']}", args.results)
-    print("\n".join(lines))
-    print("wrote", *paths)
+    write_record(record, lines, f"cifar10_time_budget_{record['device_type']}", args.results)
 
 
 if __name__ == "__main__":

@@ -161,11 +161,14 @@ def machine_record(device: torch.device) -> dict[str, Any]:
 
 
 def write_record(record: dict[str, Any], markdown: list[str], stem: str, results: Path = RESULTS) -> tuple[Path, Path]:
-    """``<results>/<stem>.json`` (the record) and ``<stem>.md`` (the table); returns both paths."""
+    """``<results>/<stem>.json`` (the record) and ``<stem>.md`` (the table), both also printed;
+    returns both paths."""
     results.mkdir(parents=True, exist_ok=True)
     json_path, md_path = results / f"{stem}.json", results / f"{stem}.md"
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     md_path.write_text("\n".join(markdown) + "\n")
+    print("\n".join(markdown))
+    print("wrote", json_path, md_path)
     return json_path, md_path
 
 

@@ -576,9 +576,7 @@ def main() -> None:
     record["suite_seconds"] = round(time.time() - started, 1)
     lines = markdown(record)
     stem = f"gpu_suite_{'smoke_' if args.smoke else ''}{record['device_type']}{f'_{args.label}' if args.label else ''}"
-    paths = write_record(record, lines, stem, args.results)
-    print("\n".join(lines))
-    print("wrote", *paths)
+    write_record(record, lines, stem, args.results)
 
 
 if __name__ == "__main__":

@@ -89,9 +89,7 @@ def main() -> None:
         lines.append(f"| {r['dataset']} | {r['model']}, {r['image_size']} px, {r['epochs']} | {r['train_images']} | "
                      f"{r['evaluated_on']} ({r['images_evaluated']}) | {r['accuracy']:.1%} | "
                      f"{r['train_seconds']:.0f} s | {r['wall_seconds']:.0f} s |")
-    paths = write_record(record, lines, f"pipelines_{args.env}", args.results)
-    print("\n".join(lines))
-    print("wrote", *paths)
+    write_record(record, lines, f"pipelines_{args.env}", args.results)
 
 
 if __name__ == "__main__":

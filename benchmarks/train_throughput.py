@@ -362,9 +362,7 @@ def main() -> None:
     # the default profile's file is train_throughput_<device>; other profiles get their own
     profile = ("" if (args.dataset, args.env) == ("cifar10", "cpu") else f"_{args.dataset}_{args.env}") + (
         "_fp32" if args.fp32 else "")
-    paths = write_record(record, lines, f"train_throughput_{record['device_type']}{profile}", args.results or RESULTS)
-    print("\n".join(lines))
-    print("wrote", *paths)
+    write_record(record, lines, f"train_throughput_{record['device_type']}{profile}", args.results or RESULTS)
 
 
 if __name__ == "__main__":

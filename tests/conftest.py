@@ -105,10 +105,11 @@ MODEL = ModelConfig(name="resnet9", width=8)
 CPU = ComputeConfig(device="cpu")
 
 
-def make_folders_dataset(root: Path, classes=("apple", "kiwi", "lime"), train: int = 10, test: int = 2) -> Path:
+def make_folders_dataset(root: Path, classes=("apple", "kiwi", "lime"), train: int = 10, test: int = 2,
+                         size=(24, 24)) -> Path:
     """``Training/<class>`` x ``train`` and ``Test/<class>`` x ``test`` made-up images."""
-    make_class_folders(root / "Training", list(classes), train)
-    make_class_folders(root / "Test", list(classes), test, start_seed=500)
+    make_class_folders(root / "Training", list(classes), train, size=size)
+    make_class_folders(root / "Test", list(classes), test, size=size, start_seed=500)
     return root
 
 
@@ -219,20 +220,23 @@ def cut_stream_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 # --- notebook and kedro-viz ---
 
 
-@pytest.fixture(scope="session")
-def fruits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throw-away project where a quick fruits run (three made-up classes) has finished.
-    Shared by the tests that only read a run's artifacts: do not change its data/."""
-    root = tmp_path_factory.mktemp("fruits_run")
-    classes = ["Apple", "Banana", "Kiwi"]
-    make_class_folders(root / "images" / "Training", classes, 12)
-    make_class_folders(root / "images" / "Test", classes, 4, start_seed=500)
+def finished_fruits_run(root: Path, **settings) -> Path:
+    """A throw-away project under ``root`` where a quick fruits run (three made-up classes, 12
+    training and 4 test images each, in ``root/images``) has finished with ``settings``."""
+    images = make_folders_dataset(root / "images", ("Apple", "Banana", "Kiwi"), train=12, test=4)
     project = make_project(root / "project")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(project)
-        run_kedro(project, "fruits", fast_params("fruits", **{"source.kind": "local",
-                                                                "source.path": str(root / "images")}))
+        run_kedro(project, "fruits", fast_params("fruits", **{"source.kind": "local", "source.path": str(images)},
+                                                 **settings))
     return project
+
+
+@pytest.fixture(scope="session")
+def fruits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished quick fruits run, shared by the tests that only read a run's artifacts: do not
+    change its data/."""
+    return finished_fruits_run(tmp_path_factory.mktemp("fruits_run"))
 
 
 # --- prediction and export ---
@@ -242,19 +246,9 @@ FP32_CPU = {"compute.device": "cpu", "compute.mixed_precision": False}  # exactl
 
 @pytest.fixture(scope="session")
 def fruits_fp32_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throw-away project where a quick fruits run (three made-up classes, images in
-    ``../images``) has finished in fp32 on the CPU. The prediction and export tests add their
+    """A finished quick fruits run in fp32 on the CPU. The prediction and export tests add their
     own outputs to its data/; a test that changes the training's artifacts copies it first."""
-    root = tmp_path_factory.mktemp("fruits_fp32_run")
-    classes = ["Apple", "Banana", "Kiwi"]
-    make_class_folders(root / "images" / "Training", classes, 12)
-    make_class_folders(root / "images" / "Test", classes, 4, start_seed=500)
-    project = make_project(root / "project")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project)
-        source = {"source.kind": "local", "source.path": str(root / "images")}
-        run_kedro(project, "fruits", fast_params("fruits", **source, **FP32_CPU))
-    return project
+    return finished_fruits_run(tmp_path_factory.mktemp("fruits_fp32_run"), **FP32_CPU)
 
 
 # --- experiment tracking ---

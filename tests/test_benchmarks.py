@@ -21,6 +21,7 @@ from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.models import ResNet9
 
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))  # the scripts import their shared module
+import cifar10_cpu_full
 import cifar10_time_budget
 import common
 import gpu_suite
@@ -71,15 +72,33 @@ def test_time_budget_benchmark_trains_both_recipes_and_records_accuracy(tmp_path
     assert result["settings"]["batch_size"] == 512 and result["settings"]["label_smoothing"] == 0.2
 
 
+TINY_CIFAR10 = "train.epochs=1,model.width=4,images.size=16,split.val_fraction=0.2"
+
+
+def made_up_cifar10(root: Path) -> Path:
+    """``train/<class>`` x 10 and ``test/<class>`` x 3 made-up 32 px images."""
+    make_class_folders(root / "train", CLASSES, 10, size=(32, 32))
+    make_class_folders(root / "test", CLASSES, 3, size=(32, 32), start_seed=300)
+    return root
+
+
 def test_pipelines_benchmark_reads_the_newest_version_of_each_output(tmp_path: Path) -> None:
-    data = tmp_path / "cifar"
-    make_class_folders(data / "train", CLASSES, 10, size=(32, 32))
-    make_class_folders(data / "test", CLASSES, 3, size=(32, 32), start_seed=300)
-    row = pipelines_on_samples.run_pipeline("cifar10", data, "cpu", tmp_path / "work",
-                                            "train.epochs=1,model.width=4,images.size=16")
+    data = made_up_cifar10(tmp_path / "cifar")
+    row = pipelines_on_samples.run_pipeline("cifar10", data, "cpu", tmp_path / "work", TINY_CIFAR10)
     assert row["epochs"] == 1 and row["image_size"] == 16 and row["train_images"] == 24
     assert row["evaluated_on"] == "test" and row["images_evaluated"] == 9 and 0 <= row["accuracy"] <= 1
     assert "cifar10.train.epochs=1" in row["command"]
+
+
+def test_cpu_full_benchmark_records_the_cpu_recipe_the_run_trained_with(tmp_path: Path) -> None:
+    data = made_up_cifar10(tmp_path / "cifar")
+    run = cifar10_cpu_full.run(data, TINY_CIFAR10, tmp_path / "work", tmp_path / "kedro.log")
+    recipe = common.yaml_parameters("cifar10", "cpu")
+    assert run["epochs_run"] == 1 and run["train_images"] == 24 and run["test_images"] == 9
+    assert run["settings"]["optimizer"] == recipe["train"]["optimizer"]
+    assert run["model"]["logit_scale"] == recipe["model"]["logit_scale"] and run["model"]["width"] == 4
+    assert 0 <= run["accuracy"] <= 1 and run["load_1min"]["after"] is not None
+    assert "cifar10.images.size=16" in cifar10_cpu_full.kedro_params(str(data), TINY_CIFAR10)
 
 
 @pytest.mark.parametrize(("dataset", "env"), [(d, e) for d in common.SAMPLE_ROOTS for e in ("base", "cpu")]

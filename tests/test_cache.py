@@ -97,11 +97,12 @@ def slow_save(path, array):  # as on a slow disk: time to be killed half-way
     print("wrote", path.name, flush=True)
     time.sleep(0.5)
 cache._save_array = slow_save
-raw = Path(sys.argv[1])
-source = SourceConfig(path="x", train_dir="Training", test_dir="Test")
-manifest, classes = nodes.build_manifest(raw, source, SplitConfig())
-build = nodes.build_image_cache(raw, manifest, classes, ImageConfig(size=24, shard_mb=1))
-ImageCacheDataset(path=sys.argv[2]).save(build)
+if __name__ == "__main__":  # the decode workers are spawned: they import this file
+    raw = Path(sys.argv[1])
+    source = SourceConfig(path="x", train_dir="Training", test_dir="Test")
+    manifest, classes = nodes.build_manifest(raw, source, SplitConfig())
+    build = nodes.build_image_cache(raw, manifest, classes, ImageConfig(size=24, shard_mb=1))
+    ImageCacheDataset(path=sys.argv[2]).save(build)
 """
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vision_pipelines.config import ModelConfig
+from vision_pipelines.config import ConfigError, ImageConfig, ModelConfig
+from vision_pipelines.model_card import load_model, make_card
 from vision_pipelines.models import GlobalMaxPool, PretrainedWeightsMissing, build_model
 
 # Backward kernels that torch.use_deterministic_algorithms(True) refuses on CUDA (its documentation
@@ -56,3 +57,34 @@ def test_missing_pretrained_weights_name_the_cache_path(tmp_path: Path, monkeypa
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(PretrainedWeightsMissing, match="empty_torch_home.*model.pretrained=false"):
         build_model(ModelConfig(name="resnet34", pretrained=True), 3, 6)
+
+
+# --- model.logit_scale (cifar10's cpu recipe) ---
+
+
+def test_logit_scale_multiplies_the_logits_of_the_same_weights() -> None:
+    plain = build_model(ModelConfig(width=4), 3, 5).eval()
+    scaled = build_model(ModelConfig(width=4, logit_scale=0.125), 3, 5).eval()
+    scaled.load_state_dict(plain.state_dict())  # the scale is a constant, not a weight
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(scaled(x), plain(x) * 0.125)
+
+
+def test_a_card_rebuilds_a_network_with_its_logit_scale() -> None:
+    config = ModelConfig(width=4, logit_scale=0.125)
+    weights = build_model(config, 3, 2).state_dict()
+    card = make_card(config, ImageConfig(size=16), ["a", "b"], weights, {}, training={}, metrics={})
+    _, network = load_model(card, weights)
+    x = torch.rand(2, 3, 16, 16)
+    original = build_model(config, 3, 2)
+    original.load_state_dict(weights)
+    assert torch.equal(network(x), original.eval()(x))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"logit_scale": 0}, "model.logit_scale must be positive"),
+    ({"name": "resnet18", "logit_scale": 0.125}, "model.logit_scale=0.125 applies to resnet9 only"),
+])
+def test_a_logit_scale_that_cannot_be_used_is_refused(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**settings)

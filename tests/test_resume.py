@@ -41,9 +41,7 @@ EPOCHS = 6
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("resume_data")
-    make_class_folders(root / "Training", ["a", "b", "c"], 60, size=(32, 32))
-    make_class_folders(root / "Test", ["a", "b", "c"], 5, size=(32, 32), start_seed=900)
-    return root
+    return make_folders_dataset(root, ("a", "b", "c"), train=60, test=5, size=(32, 32))
 
 
 def command(dataset: Path) -> list[str]:

@@ -297,9 +297,10 @@ class ShardedImages:
             yield images, positions, take
             del images  # the loader is done with this window: let it go before the next one is read
 
-    def _read(self, shards) -> torch.Tensor:
-        """The images of ``shards``, in that order, read from disk straight into one tensor: no
-        other copy of them is ever held, so a window costs its own size in memory, not twice it."""
+    def _read(self, shards: list[int] | range) -> torch.Tensor:
+        """The images of ``shards``, in that order, copied from each mapped file straight into one
+        tensor: a window costs its own size in memory (and one shard's pages while it is copied),
+        not twice it."""
         images = torch.empty((sum(self.counts[s] for s in shards), *self.shape), dtype=torch.uint8)
         start = 0
         for s in shards:

@@ -195,11 +195,18 @@ class ModelConfig(Settings):
     width: int = 64  # resnet9: channels of the first block (doubles three times)
     dropout: float = 0.2  # before the classifier
     pretrained: bool = False  # torchvision ImageNet weights (resnet18/34 only)
+    # resnet9: the logits are multiplied by this; 0.125 (the speedruns' ResNet9) lets
+    # train.optimizer=sgd train at a large max_lr, 1 keeps the tutorials' network
+    logit_scale: float = 1.0
 
     def validate(self) -> None:
         _check_choice(self, "name", tuple(MODEL_MIN_SIZE))
         _check_range(self, "width", 1, high=None)
         _check_range(self, "dropout", 0, 1)
+        _check_range(self, "logit_scale", 0, low_open=True, high=None)
+        if self.logit_scale != 1.0 and self.name != "resnet9":
+            raise ConfigError(f"model.logit_scale={self.logit_scale} applies to resnet9 only; "
+                              f"set it to 1 for {self.name}")
         if self.pretrained and self.name == "resnet9":
             raise ConfigError("model.pretrained=true needs a torchvision model (resnet18/resnet34)")
 

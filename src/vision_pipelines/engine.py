@@ -376,9 +376,9 @@ def subset_images(cache: ImageCache, subset: str, limit_bytes: float) -> MemoryI
     return cache.stream(subset)
 
 
-def memory_limit_bytes(images: ImageConfig) -> float:
+def memory_limit_bytes(images: ImageConfig | None = None) -> float:
     """``images.max_memory_gb``, or half the memory available now."""
-    if images.max_memory_gb is not None:
+    if images is not None and images.max_memory_gb is not None:
         return images.max_memory_gb * 1e9
     return available_memory_bytes() / 2
 

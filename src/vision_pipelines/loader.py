@@ -154,6 +154,7 @@ class Loader:
                     pending = batch
                 else:
                     yield batch
+            del images  # batches are copies: a streamed window goes before the next one is read
         if pending is not None:
             yield pending
 

@@ -184,7 +184,7 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
                   "the image cache was built from another manifest",
                   "the cache stage and what follows (--tags=cache,train,evaluate,submit)")
     network = card.network(model_weights)
-    limit = engine.memory_limit_bytes(ImageConfig(size=card.size, channels=card.channels, mean=card.mean, std=card.std))
+    limit = engine.memory_limit_bytes()  # held in memory when a subset fits in half the memory available
     frames = []
     for subset in ("val", "test", "predict"):
         if not image_cache.count(subset):
