@@ -502,7 +502,9 @@ def test_kedro_run_from_a_subfolder_writes_in_the_project(finished_run) -> None:
 # --- interrupted at any stage: exits within seconds, leaves no half files or orphan processes --
 
 SLOW_DOWN = '''
-import os, time, importlib
+import os, time, importlib, signal
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background (as CI may be):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works as in a terminal
 target = os.environ.get("SLOW_DOWN")  # "module:attribute[.attribute]": make each call take SLOW_SECONDS
 if target:
     module_name, path = target.split(":")
