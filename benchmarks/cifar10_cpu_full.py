@@ -30,9 +30,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import PROJECT, RESULTS, latest_version, machine_line, machine_record, project_copy, write_record
+from common import KEDRO, PROJECT, RESULTS, latest_version, machine_line, machine_record, project_copy, write_record
 
-KEDRO = str(Path(sys.executable).parent / "kedro")  # this environment's kedro, without activating it
 DEFAULT_DATA = "../shared/datasets/cifar10-full"  # relative to the project root, as in the README
 
 

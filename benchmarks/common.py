@@ -30,6 +30,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 if str(PROJECT / "src") not in sys.path:  # the package, where it is not installed (the GPU machine)
     sys.path.insert(1, str(PROJECT / "src"))
 RESULTS = PROJECT / "benchmarks" / "results"
+KEDRO = str(Path(sys.executable).parent / "kedro")  # this environment's kedro, without activating it
 SAMPLES = Path(os.environ.get("DATASETS_DIR", PROJECT.parent / "shared" / "datasets"))
 # each dataset's sample, in its original layout, under SAMPLES
 SAMPLE_ROOTS = {"fruits": "fruits360", "garbage": "garbage", "intel": "intel", "apparel": "apparel",

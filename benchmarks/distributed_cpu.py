@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +31,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from common import PROJECT, RESULTS, SAMPLES, machine_line, machine_record, write_record
-
-KEDRO = str(Path(sys.executable).parent / "kedro")
+from common import KEDRO, RESULTS, SAMPLES, latest_version, machine_line, machine_record, project_copy, write_record
 
 
 def subset(source: Path, target: Path, train_per_class: int, test_per_class: int) -> Path:
@@ -45,22 +42,6 @@ def subset(source: Path, target: Path, train_per_class: int, test_per_class: int
             for image in sorted(folder.iterdir())[:count]:
                 shutil.copyfile(image, target / part / folder.name / image.name)
     return target
-
-
-def throwaway_project(folder: Path) -> Path:
-    """A copy of the project's configuration where ``kedro run`` writes its own data/."""
-    folder.mkdir(parents=True)
-    shutil.copytree(PROJECT / "conf", folder / "conf", ignore=shutil.ignore_patterns("credentials*", "local"))
-    (folder / "conf" / "local").mkdir()
-    shutil.copy(PROJECT / "pyproject.toml", folder)
-    if (PROJECT / ".telemetry").exists():
-        shutil.copy(PROJECT / ".telemetry", folder)
-    (folder / "src").mkdir()
-    return folder
-
-
-def latest(path: Path) -> Path:
-    return sorted(p for p in path.iterdir() if (p / path.name).is_file())[-1] / path.name
 
 
 def run(data: Path, project: Path, processes: int, threads: int, seed: int, epochs: int | None) -> dict[str, Any]:
@@ -78,9 +59,9 @@ def run(data: Path, project: Path, processes: int, threads: int, seed: int, epoc
                               env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": str(threads)})
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed; see {project / 'run.log'}")
-    card = json.loads(latest(project / "data/06_models/cifar10/model_card.json").read_text())
-    metrics = json.loads(latest(project / "data/08_reporting/cifar10/metrics.json").read_text())
-    history = pd.read_csv(latest(project / "data/08_reporting/cifar10/training_history.csv"))
+    card = json.loads(latest_version(project / "data/06_models/cifar10/model_card.json").read_text())
+    metrics = json.loads(latest_version(project / "data/08_reporting/cifar10/metrics.json").read_text())
+    history = pd.read_csv(latest_version(project / "data/08_reporting/cifar10/training_history.csv"))
     training = card["training"]
     return {
         "processes": training["processes"], "threads_per_process": threads, "seed": seed,
@@ -151,7 +132,7 @@ def main() -> None:
         data = subset(args.data.resolve(), Path(scratch) / "cifar10", args.train_per_class, args.test_per_class)
         for seed in args.seeds:
             for processes, threads in configs:
-                project = throwaway_project(Path(scratch) / f"project_{processes}x{threads}_{seed}")
+                project = project_copy(Path(scratch) / f"project_{processes}x{threads}_{seed}")
                 record["runs"].append(run(data, project, processes, threads, seed, args.epochs))
                 print(json.dumps(record["runs"][-1]), flush=True)
     first = record["runs"][0]

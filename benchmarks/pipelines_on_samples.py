@@ -17,12 +17,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import (
+    KEDRO,
     RESULTS,
     SAMPLE_ROOTS,
     SAMPLES,
@@ -35,8 +35,6 @@ from common import (
 from vision_pipelines.loader import resolve_device
 
 # the ``kedro`` of this interpreter's environment, found without activating it
-KEDRO = str(Path(sys.executable).parent / "kedro")
-
 
 def run_pipeline(dataset: str, source: Path, env: str, workdir: Path, settings: str = "") -> dict:
     """One ``kedro run`` in a project copy; returns its wall time and reported metrics.

@@ -24,6 +24,7 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+KEDRO = str(Path(sys.executable).parent / "kedro")  # this environment's kedro, without activating it
 SAMPLES = Path(os.environ.get("DATASETS_DIR", PROJECT_ROOT.parent / "shared" / "datasets"))
 
 # Distinct base colours, so tiny datasets are learnable and a trained model beats chance.

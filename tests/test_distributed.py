@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,10 +27,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import latest, make_folders_dataset, make_project, run_kedro
+from conftest import KEDRO, latest, make_folders_dataset, make_project, run_kedro
 from vision_pipelines.distributed import sync_batchnorm
 
-KEDRO = str(Path(sys.executable).parent / "kedro")
 SIGINT_BEFORE, SIGTERM_BEFORE = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 EPOCHS = 8
 MODELS = Path("data/06_models/fruits")

@@ -33,6 +33,7 @@ from PIL import Image
 from conftest import (
     FOLDERS_SOURCE,
     IMAGES,
+    KEDRO,
     SPLIT,
     fast_params,
     latest,
@@ -50,8 +51,6 @@ from vision_pipelines.model_card import ModelCardError
 from vision_pipelines.pipelines.image_classification import nodes
 from vision_pipelines.sources import DownloadError, LayoutError
 from vision_pipelines.sources.downloads import COMPLETE_MARKER
-
-KEDRO = str(Path(sys.executable).parent / "kedro")
 
 
 def dataset(root: Path, classes=("apple", "kiwi", "lime")) -> Path:

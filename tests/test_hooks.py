@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import fast_params, latest, make_folders_dataset, make_project, run_kedro
+from conftest import KEDRO, fast_params, latest, make_folders_dataset, make_project, run_kedro
 
-KEDRO = str(Path(sys.executable).parent / "kedro")
 VERSIONED = ["06_models/fruits/model.safetensors", "06_models/fruits/model_card.json",
              "08_reporting/fruits/metrics.json", "08_reporting/fruits/confusion.png",
              "07_model_output/fruits/predictions.parquet", "07_model_output/fruits/submission.csv"]

@@ -21,10 +21,9 @@ import pandas as pd
 import papermill
 import pytest
 
-from conftest import PROJECT_ROOT, latest
+from conftest import KEDRO, PROJECT_ROOT, latest
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "explore.ipynb"
-KEDRO = Path(sys.executable).with_name("kedro")
 KEDRO_KERNEL = "kedro_vision_pipelines"  # what `kedro jupyter setup|notebook|lab` installs
 
 
@@ -75,7 +74,7 @@ def test_kedro_jupyter_kernel_runs_the_notebook(fruits_run: Path, tmp_path: Path
     for module in ("ipykernel", "notebook", "jupyterlab"):  # what `kedro jupyter setup|notebook|lab` check
         assert importlib.util.find_spec(module), f"{module} is missing: pip install -e '.[jupyter]'"
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))  # not the user's own kernels
-    result = subprocess.run([str(KEDRO), "jupyter", "setup"], cwd=fruits_run, env=os.environ,
+    result = subprocess.run([KEDRO, "jupyter", "setup"], cwd=fruits_run, env=os.environ,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     spec = json.loads((tmp_path / "jupyter" / "kernels" / KEDRO_KERNEL / "kernel.json").read_text())

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from conftest import (
     CPU,
     FOLDERS_SOURCE,
+    KEDRO,
     SPLIT,
     latest,
     make_class_folders,
@@ -32,7 +32,6 @@ from vision_pipelines import engine
 from vision_pipelines.config import ImageConfig, ModelConfig, TrainConfig
 from vision_pipelines.pipelines.image_classification import nodes
 
-KEDRO = str(Path(sys.executable).parent / "kedro")
 # Wide enough that rich's console does not wrap the log lines the tests look for.
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "300"}
 EPOCHS = 6

@@ -11,15 +11,13 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import latest
+from conftest import KEDRO, latest
 
-KEDRO = Path(sys.executable).with_name("kedro")
 # The data layers in lineage order: kedro-viz sorts them by the pipeline's dependencies and shows
 # none at all when they form a cycle.
 LAYERS = ["raw", "intermediate", "model_input", "models", "model_output", "reporting"]
@@ -31,7 +29,7 @@ def site(fruits_run: Path) -> Path:
     unreachable = "http://127.0.0.1:9"  # nothing listens there: any attempt to go online fails at once
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "KEDRO_ENV": "cpu", "HTTP_PROXY": unreachable,
            "HTTPS_PROXY": unreachable, "http_proxy": unreachable, "https_proxy": unreachable}
-    result = subprocess.run([str(KEDRO), "viz", "build", "--include-previews"], cwd=fruits_run, env=env,
+    result = subprocess.run([KEDRO, "viz", "build", "--include-previews"], cwd=fruits_run, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "Success!" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     return fruits_run / "build" / "api"

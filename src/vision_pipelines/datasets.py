@@ -201,11 +201,17 @@ class LocationDataset(AbstractDataset[Path, Path]):
         return {"path": str(self._path)}
 
 
+def dataset_path(dataset: AbstractDataset) -> str | None:
+    """Where a catalog dataset's file or folder is (kedro-datasets keep it in ``_filepath``, the
+    datasets here in ``_path``), unversioned; None for one without (a memory dataset)."""
+    path = getattr(dataset, "_filepath", None) or getattr(dataset, "_path", None)
+    return None if path is None else str(path)
+
+
 def saved_path(catalog, name: str) -> Path:
     """The file catalog entry ``name`` was just saved to: for a versioned entry, this run's
     version (even when --load-versions pins another one for loading)."""
     dataset = catalog.get(name)
-    path = getattr(dataset, "_filepath", None) or dataset._path
     if isinstance(dataset, AbstractVersionedDataset) and dataset._version:
-        path = dataset._get_versioned_path(dataset.resolve_save_version())
-    return Path(str(path))
+        return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
+    return Path(dataset_path(dataset))

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from .atomic import PARTIAL
 from .config import ConfigError, parse_dataset
-from .datasets import LocationDataset, saved_path
+from .datasets import LocationDataset, dataset_path, saved_path
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,10 @@ def _folder_of(catalog, name: str) -> Path | None:
         dataset = catalog.get(name)
     except Exception:  # noqa: BLE001 - a memory dataset or an unknown entry has no folder
         return None
-    path = getattr(dataset, "_filepath", None) or getattr(dataset, "_path", None)
-    if path is None or "://" in str(path):
+    path = dataset_path(dataset)
+    if path is None or "://" in path:
         return None
-    return Path(str(path)).parent
+    return Path(path).parent
 
 
 def _check_writable(folder: Path) -> None:
@@ -189,7 +189,7 @@ def _check_inputs_exist(pipeline, catalog) -> None:
         dataset = None if name.startswith("params:") or name == "parameters" else catalog.get(name)
         if dataset is None or isinstance(dataset, (LocationDataset, MemoryDataset)) or dataset.exists():
             continue
-        where = getattr(dataset, "_filepath", None) or getattr(dataset, "_path", "")
+        where = dataset_path(dataset) or ""
         owner = name.split(".")[0]
         raise FileNotFoundError(f"{name} has not been made yet (no {where}): run the training pipeline first, "
                                 f"which makes it: kedro run --pipelines={owner} (with the same --env)")
