@@ -406,6 +406,19 @@ def test_a_model_card_with_a_key_missing_is_a_clear_error(finished_run) -> None:
         run_kedro(project, "fruits", params, tags=["evaluate"])
 
 
+@pytest.mark.parametrize("pipeline, tags", [("fruits_predict", None), ("fruits", ["evaluate"])])
+def test_a_model_card_with_its_class_names_reversed_is_refused(finished_run, pipeline: str, tags) -> None:
+    """Predicting with it would answer the wrong class for every image, with rc 0."""
+    project, params = finished_run
+    card_path = latest(project / "data/06_models/fruits/model_card.json")
+    card = json.loads(card_path.read_text())
+    card["class_names"].reverse()
+    card_path.write_text(json.dumps(card))
+    params = {**params, "fruits.predict.input": params["fruits.source.path"]}
+    with pytest.raises(ModelCardError, match=f"model card of version {card_path.parent.name} was edited after"):
+        run_kedro(project, pipeline, params, tags=tags)
+
+
 def test_cifar_layout_with_repeated_file_stems_gets_unique_submission_ids(kedro_project: Path, tmp_path: Path) -> None:
     """test/<class>/0.png, 1.png ... in every class: stems repeat, submission ids must not."""
     root = tmp_path / "cifar"

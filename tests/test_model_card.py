@@ -11,7 +11,14 @@ import torch
 
 from vision_pipelines.config import ImageConfig, ModelConfig
 from vision_pipelines.lineage import LineageError, check, manifest_fingerprint, weights_fingerprint
-from vision_pipelines.model_card import FORMAT_VERSION, ModelCardError, load_model, make_card, read_card
+from vision_pipelines.model_card import (
+    FORMAT_VERSION,
+    ModelCardError,
+    card_fingerprint,
+    load_model,
+    make_card,
+    read_card,
+)
 from vision_pipelines.models import build_model
 
 MODEL = ModelConfig(width=4, dropout=0.1)
@@ -54,13 +61,43 @@ def test_weights_that_the_card_does_not_describe_are_refused() -> None:
     (lambda c: c.pop("input"), r"has no \['input'\]"),
     (lambda c: c["input"].pop("std"), r"has no \['input.std'\]"),
     (lambda c: c.update(format_version=1), "format_version 1 is not the one this project reads"),
-    (lambda c: c["model"].update(name="vgg"), "describes no buildable model: model.name must be one of"),
 ])
 def test_a_damaged_or_foreign_card_is_a_clear_error(damage, message: str) -> None:
     card = copy.deepcopy(card_of(trained()))
     damage(card)
     with pytest.raises(ModelCardError, match=message):
         read_card(card)
+
+
+def test_a_card_of_an_unknown_architecture_is_a_clear_error() -> None:
+    card = copy.deepcopy(card_of(trained()))
+    card["model"]["name"] = "vgg"
+    card["fingerprint"] = card_fingerprint(card)  # written so, not edited
+    with pytest.raises(ModelCardError, match="describes no buildable model: model.name must be one of"):
+        read_card(card)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c["class_names"].reverse(),
+    lambda c: c["input"].update(size=32),
+    lambda c: c["input"].update(mean=[0.5]),
+    lambda c: c["model"].update(width=8),
+    lambda c: c.update(weights_fingerprint="0" * 16),
+])
+def test_an_edited_card_is_refused_even_with_its_own_weights(edit) -> None:
+    """Reversed class names or another input contract would make the model answer wrongly in silence."""
+    weights = trained()
+    card = copy.deepcopy(card_of(weights))
+    edit(card)
+    with pytest.raises(ModelCardError, match="edited after training.*Re-run the train stage"):
+        read_card(card, weights)
+
+
+def test_the_catalog_version_and_score_name_the_model() -> None:
+    card = read_card({**card_of(trained()), "version": "2026-11-23T10.19.01.357Z"})
+    assert card.reference() == {"version": "2026-11-23T10.19.01.357Z", "fingerprint": card.weights_fingerprint,
+                                "val_accuracy": 0.5}
+    assert card.describe() == "model 2026-11-23T10.19.01.357Z (val accuracy 0.5000)"
 
 
 def test_fingerprints_change_with_what_they_fingerprint() -> None:

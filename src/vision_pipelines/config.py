@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ LAYOUTS = ("folders", "csv")
 # Smallest input side each architecture accepts: the feature map must survive its poolings.
 MODEL_MIN_SIZE = {"resnet9": 8, "resnet18": 32, "resnet34": 32}
 SUBSETS = ("train", "val", "test", "predict")
+# A Kedro version: the timestamp of the run that saved it (kedro.io.core.VERSION_FORMAT, to the ms).
+VERSION_PATTERN = r"\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d\.\d{3}Z"
+MODEL_VERSIONS = ("latest", "best")  # or one version
 
 
 class ConfigError(ValueError):
@@ -357,15 +361,23 @@ class DatasetConfig:
     evaluate: EvaluateConfig
     submission: SubmissionConfig
     predict: PredictConfig
+    # the model <dataset>_predict, <dataset>_export and the notebook use: latest | best | <version>
+    model_version: str = "latest"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model_version, str) or not (
+                self.model_version in MODEL_VERSIONS or re.fullmatch(VERSION_PATTERN, self.model_version)):
+            raise ConfigError(f"model_version must be latest, best or a version such as 2026-11-23T10.19.01.357Z "
+                              f"(the name of a folder in data/06_models/<dataset>/model_card.json/), "
+                              f"got {self.model_version!r}")
         min_size = MODEL_MIN_SIZE[self.model.name]
         if self.images.size < min_size:
             raise ConfigError(f"images.size={self.images.size} is too small for model.name="
                               f"{self.model.name}: it needs at least {min_size} pixels")
 
 
-SECTIONS: dict[str, type[Settings]] = typing.get_type_hints(DatasetConfig)
+SECTIONS: dict[str, type[Settings]] = {name: hint for name, hint in typing.get_type_hints(DatasetConfig).items()
+                                       if isinstance(hint, type) and issubclass(hint, Settings)}
 
 
 def parse(cls: type, params: dict[str, Any] | None, section: str | None = None):
@@ -385,10 +397,12 @@ def parse_dataset(params: dict[str, Any], name: str = "dataset") -> DatasetConfi
     """Validate every section of one dataset's parameters; errors name ``<name>.<section>.<key>``."""
     if not isinstance(params, dict):
         raise ConfigError(f"{name} must be a mapping of settings sections, got {params!r}")
-    unknown = sorted(set(params) - set(SECTIONS))
+    unknown = sorted(set(params) - set(SECTIONS) - {"model_version"})
     if unknown:
-        raise ConfigError(f"{name}.{unknown[0]} is not a known section (known: {sorted(SECTIONS)})")
+        raise ConfigError(f"{name}.{unknown[0]} is not a known section (known: {sorted(SECTIONS)}, "
+                          "and the setting model_version)")
     try:
-        return DatasetConfig(**{key: parse(cls, params.get(key)) for key, cls in SECTIONS.items()})
+        return DatasetConfig(**{key: parse(cls, params.get(key)) for key, cls in SECTIONS.items()},
+                             model_version=params.get("model_version", "latest"))
     except ConfigError as error:
         raise ConfigError(f"{name}.{error}") from None  # errors read "fruits.train.epochs ..."

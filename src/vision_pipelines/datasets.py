@@ -8,6 +8,8 @@ the latest) once its file is complete, so a half-finished run is never taken for
 
 - ``JSONDataset``, ``CSVDataset``, ``ParquetDataset``, ``MatplotlibDataset``,
   ``SafetensorsDataset``: kedro-datasets' own, saved atomically (a plot loads as its PNG image).
+  Versioned, they load this run's version or the latest finished run's (``versions.RunVersioned``).
+- ``ModelCardDataset``: the model card, which names its own version when loaded.
 - ``ImageFolderDataset``: a link to the folder of raw images.
 - ``ImageCacheDataset``: the sharded uint8 image cache (``cache.py``), committed by its index.
 - ``FileDataset``: bytes, such as an exported ONNX or TorchScript model.
@@ -17,6 +19,7 @@ the latest) once its file is complete, so a half-finished run is never taken for
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,6 +35,7 @@ from PIL import Image
 
 from .atomic import partial_path, write_atomically
 from .cache import CacheBuild, ImageCache, write_cache
+from .versions import RunVersioned
 
 
 class AtomicSave:
@@ -65,19 +69,41 @@ def _unwrapped(save):
     return getattr(save, "__wrapped__", save)
 
 
-class JSONDataset(AtomicSave, _JSONDataset):
+class JSONDataset(RunVersioned, AtomicSave, _JSONDataset):
     """``json.JSONDataset``, saved atomically."""
 
 
-class CSVDataset(AtomicSave, _CSVDataset):
-    """``pandas.CSVDataset``, saved atomically."""
+class ModelCardDataset(JSONDataset):
+    """The model card; loaded, it also names the version it was loaded from (``version``), so
+    whatever uses the model can say which one it is."""
+
+    def load(self) -> dict[str, Any]:
+        return {**super().load(), "version": self.resolve_load_version()}
 
 
-class ParquetDataset(AtomicSave, _ParquetDataset):
+class CSVDataset(RunVersioned, AtomicSave, _CSVDataset):
+    """``pandas.CSVDataset``, saved atomically. A CSV has no place for metadata, so a table's
+    ``attrs["lineage"]`` (which model made a submission, say) is saved beside it, as
+    ``<name>.lineage.json`` in the same folder."""
+
+    def save(self, data) -> None:
+        super().save(data)
+        if self._protocol == "file" and data.attrs.get("lineage"):
+            target = Path(get_filepath_str(self._get_save_path_unchecked(), self._protocol))
+            write_atomically(target.with_name(f"{target.stem}.lineage.json"),
+                             json.dumps(data.attrs["lineage"], indent=2).encode())
+
+    def _get_save_path_unchecked(self) -> PurePosixPath:
+        """Where ``save`` just wrote (Kedro's own refuses a version folder that exists)."""
+        version = self.resolve_save_version()
+        return self._get_versioned_path(version) if version else self._filepath
+
+
+class ParquetDataset(RunVersioned, AtomicSave, _ParquetDataset):
     """``pandas.ParquetDataset``, saved atomically; ``DataFrame.attrs`` (lineage) travel with it."""
 
 
-class MatplotlibDataset(AtomicSave, _MatplotlibDataset):
+class MatplotlibDataset(RunVersioned, AtomicSave, _MatplotlibDataset):
     """``matplotlib.MatplotlibDataset`` (one figure), saved atomically. kedro-datasets' own cannot
     be loaded; this one loads the saved PNG as a PIL image, which a notebook displays."""
 
@@ -88,11 +114,11 @@ class MatplotlibDataset(AtomicSave, _MatplotlibDataset):
         return image
 
 
-class SafetensorsDataset(AtomicSave, _SafetensorsDataset):
+class SafetensorsDataset(RunVersioned, AtomicSave, _SafetensorsDataset):
     """``safetensors.SafetensorsDataset``, saved atomically: loading never executes code."""
 
 
-class FileDataset(AbstractVersionedDataset[bytes, bytes]):
+class FileDataset(RunVersioned, AbstractVersionedDataset[bytes, bytes]):
     """A file's bytes (an ONNX or TorchScript model), versioned like the model it comes from."""
 
     def __init__(self, *, filepath: str, version: Version | None = None,

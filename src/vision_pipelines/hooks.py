@@ -11,6 +11,7 @@ import socket
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,17 @@ from omegaconf import OmegaConf
 from .atomic import PARTIAL
 from .config import ConfigError, parse_dataset
 from .datasets import LocationDataset, dataset_path, saved_path
+from .versions import (
+    FAILED,
+    FINISHED,
+    KeptModel,
+    RunRecords,
+    choose_model,
+    has_version,
+    pin_load_version,
+    version_at,
+    version_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +98,17 @@ class RunGuardHook:
       first, rather than mixing its outputs with the first's (other datasets run freely);
     - keep files an earlier, unversioned run left where versioned outputs now go, as a version;
     - remove what a killed run left half-written;
+    - record the run (``versions.RunRecords``): its outputs become what later runs load by default
+      only once it has finished;
+    - load the model ``<dataset>.model_version`` names, in runs that use a model without training it;
     - turn SIGTERM into the same clean stop as Ctrl-C (KeyboardInterrupt).
     """
 
     def __init__(self) -> None:
         self._locks: list[FileLock] = []
         self._sigterm = None
+        self._records: RunRecords | None = None
+        self._version: str | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -104,11 +121,16 @@ class RunGuardHook:
         try:
             for dataset in namespaces(pipeline):
                 self._locks.append(_lock(project / "data" / ".locks" / f"{dataset}.lock", dataset))
+            self._version = run_params["run_id"]
             for name in outputs:
-                _version_unversioned_file(catalog, name)
+                _version_unversioned_file(catalog, name, self._version)
             for folder in sorted({Path(str(d._filepath)).parent for name in outputs
                                   if (d := catalog.get(name)) is not None and hasattr(d, "_filepath")}):
                 _remove_partial_files(folder)
+            for dataset in namespaces(pipeline):
+                _use_chosen_model(catalog, pipeline, dataset, run_params.get("load_versions") or {})
+            self._records = RunRecords(project)
+            self._records.start(self._version, run_params.get("pipeline_names") or ["__default__"])
         except BaseException:
             self._release()
             raise
@@ -116,14 +138,19 @@ class RunGuardHook:
             self._sigterm = signal.signal(signal.SIGTERM, _interrupt)
 
     @hook_impl
-    def after_pipeline_run(self) -> None:
+    def after_pipeline_run(self, pipeline, catalog) -> None:
+        if self._records is not None:
+            self._records.end(self._version, FINISHED, models=models_used(pipeline, catalog))
         self._release()
 
     @hook_impl
-    def on_pipeline_error(self) -> None:
+    def on_pipeline_error(self, error: Exception) -> None:
+        if self._records is not None:
+            self._records.end(self._version, FAILED, error=f"{type(error).__name__}: {error}")
         self._release()
 
     def _release(self) -> None:
+        self._records = None
         for lock in self._locks:
             lock.release()
         self._locks = []
@@ -141,6 +168,10 @@ class RunSummaryHook:
         outputs = pipeline.all_outputs()
         for dataset in namespaces(pipeline):
             lines = []
+            if f"{dataset}.model_card" in pipeline.inputs():
+                used = KeptModel.read(catalog, dataset, catalog.get(f"{dataset}.model_card").resolve_load_version())
+                score = "" if used.score is None else f" (validation accuracy {used.score:.4f})"
+                lines.append(f"model used: {used.version}{score}")
             if f"{dataset}.metrics" in outputs:
                 metrics = catalog.load(f"{dataset}.metrics")
                 lines.append(f"{metrics['subset']} accuracy {metrics['accuracy']:.4f} on {metrics['images']} "
@@ -213,12 +244,56 @@ def _lock(path: Path, dataset: str) -> FileLock:
     return lock
 
 
-def _version_unversioned_file(catalog, name: str) -> None:
-    """A file an unversioned run saved where versions now go: keep it, as the oldest version.
+TRAINED_TOGETHER = ("model_card", "model_weights", "training_history", "training_steps")  # train_model's outputs
+
+
+def _use_chosen_model(catalog, pipeline, dataset: str, load_versions: dict[str, str]) -> None:
+    """In a run that uses ``dataset``'s model without training it (predict, export, evaluate), load
+    the model ``<dataset>.model_version`` names, and say which it is; ``--load-versions`` wins."""
+    card, weights = f"{dataset}.model_card", f"{dataset}.model_weights"
+    if card not in pipeline.inputs():
+        return
+    pinned = load_versions.get(card) or load_versions.get(weights)
+    if pinned:
+        log.info("%s: using model %s (from --load-versions)", dataset, pinned)
+        return
+    setting = (catalog.load("parameters").get(dataset) or {}).get("model_version", "latest")
+    chosen = choose_model(catalog, dataset, setting, _current_data(catalog, dataset) if setting == "best" else None)
+    for entry in TRAINED_TOGETHER:  # the model's own curves too, when the run re-plots them
+        name = f"{dataset}.{entry}"
+        if name in pipeline.inputs() and (name in (card, weights) or has_version(catalog, name, chosen.version)):
+            pin_load_version(catalog, name, chosen.version)
+    score = "" if chosen.score is None else f", validation accuracy {chosen.score:.4f}"
+    log.info("%s: using model %s (%s.model_version=%s%s)", dataset, chosen.version, dataset, setting, score)
+
+
+def _current_data(catalog, dataset: str) -> str | None:
+    """The fingerprint of the current split, if there is one: the data "best" compares models on."""
+    from .lineage import manifest_fingerprint  # imports torch: only where a run needs it
+
+    manifest, class_names = f"{dataset}.manifest", f"{dataset}.class_names"
+    if not (catalog.exists(manifest) and catalog.exists(class_names)):
+        return None
+    return manifest_fingerprint(catalog.load(manifest), catalog.load(class_names))
+
+
+def models_used(pipeline, catalog) -> dict[str, str]:
+    """The version of each dataset's model a run trained or used, for its run record."""
+    used = {}
+    for dataset in namespaces(pipeline):
+        card = f"{dataset}.model_card"
+        if card in pipeline.all_inputs() | pipeline.all_outputs():
+            used[dataset] = catalog.get(card).resolve_load_version()
+    return used
+
+
+def _version_unversioned_file(catalog, name: str, run_version: str) -> None:
+    """A file an unversioned run saved where versions now go: keep it, as an older version.
 
     Kedro would refuse to save ("Cannot save versioned dataset ... a file with the same name
     already exists"); the earlier run's output is moved to ``<file>/<its mtime>/<file>``, so
-    ``--load-versions`` can still load it.
+    ``--load-versions`` can still load it — or, for a file dated later than this run (a wrong
+    clock), to the version just before this run's, so it never shadows what this run makes.
     """
     dataset = catalog.get(name)
     if not isinstance(dataset, AbstractVersionedDataset) or not dataset._version:
@@ -226,8 +301,8 @@ def _version_unversioned_file(catalog, name: str) -> None:
     path = Path(str(dataset._filepath))
     if not path.is_file():
         return
-    stamp = time.gmtime(path.stat().st_mtime)
-    version = time.strftime("%Y-%m-%dT%H.%M.%S", stamp) + f".{int(path.stat().st_mtime * 1000) % 1000:03d}Z"
+    modified = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    version = min(version_at(modified), version_before(run_version))
     aside = path.with_name(f".{path.name}.unversioned")
     os.replace(path, aside)
     (path / version).mkdir(parents=True)

@@ -3,13 +3,19 @@
 A card (``data/06_models/<dataset>/model_card.json``) names the architecture, the class names in
 output order, how an image becomes the network's input, a fingerprint of the weights it
 describes and of the image cache they were trained on, the training settings and validation
-metrics. ``read_card`` refuses a card of another format, with a key missing, or that does not
-describe the weights it is given; ``load_model`` rebuilds the network from card and weights alone.
+metrics. Its ``fingerprint`` covers what the card means together with the weights (architecture,
+classes, input contract, weights fingerprint): an edited card (class names reversed, another
+input size or mean) no longer matches it. ``read_card`` refuses a card of another format, with a
+key missing, edited, or that does not describe the weights it is given; ``load_model`` rebuilds
+the network from card and weights alone. The catalog adds the card's Kedro ``version`` when it
+loads one, so whatever uses a model can name it (``ModelCard.reference``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import platform
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +27,9 @@ from .config import ConfigError, ImageConfig, ModelConfig
 from .lineage import LineageError, weights_fingerprint
 from .models import build_model
 
-FORMAT_VERSION = 2
-REQUIRED_KEYS = ("format_version", "model", "class_names", "input", "weights_fingerprint", "lineage")
+FORMAT_VERSION = 3
+REQUIRED_KEYS = ("format_version", "model", "class_names", "input", "weights_fingerprint", "lineage", "fingerprint")
+MEANING = ("model", "class_names", "input", "weights_fingerprint")  # what the card's fingerprint covers
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 NORMALISATION = "x = (pixel / 255 - mean) / std, per channel, NCHW"
 
@@ -43,6 +50,17 @@ class ModelCard:
     std: list[float]
     weights_fingerprint: str
     lineage: dict[str, str]  # fingerprints of what the model was trained on (image_cache, manifest)
+    version: str | None = None  # the Kedro version the card was loaded from (None: not from the catalog)
+    val_accuracy: float | None = None  # the model's score when it was trained
+
+    def reference(self) -> dict[str, Any]:
+        """Which model this is, as every output made with it records it."""
+        return {"version": self.version, "fingerprint": self.weights_fingerprint, "val_accuracy": self.val_accuracy}
+
+    def describe(self) -> str:
+        """``model 2026-11-23T10.19.01.357Z (val accuracy 0.9500)``, for log lines."""
+        score = "" if self.val_accuracy is None else f" (val accuracy {self.val_accuracy:.4f})"
+        return f"model {self.version or self.weights_fingerprint}{score}"
 
     def network(self, weights: dict[str, torch.Tensor]) -> nn.Module:
         """The trained network in eval mode, on the CPU."""
@@ -58,7 +76,7 @@ def make_card(model_config: ModelConfig, image_config: ImageConfig, class_names:
     """The card (a JSON-ready dict) of ``weights`` trained with these settings."""
     model = dataclasses.asdict(model_config)
     pretrained = model.pop("pretrained")
-    return {
+    card = {
         "format_version": FORMAT_VERSION,
         "model": model,
         "pretrained_init": pretrained,
@@ -74,6 +92,13 @@ def make_card(model_config: ModelConfig, image_config: ImageConfig, class_names:
         "metrics": metrics,
         "software": {"torch": torch.__version__, "python": platform.python_version()},
     }
+    return {**card, "fingerprint": card_fingerprint(card)}
+
+
+def card_fingerprint(card: dict[str, Any]) -> str:
+    """A hash of what the card means (``MEANING``), the weights' fingerprint included."""
+    meaning = json.dumps({key: card.get(key) for key in MEANING}, sort_keys=True)
+    return hashlib.sha256(meaning.encode()).hexdigest()[:16]
 
 
 def read_card(card: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> ModelCard:
@@ -90,6 +115,12 @@ def read_card(card: dict[str, Any], weights: dict[str, torch.Tensor] | None = No
     if missing:
         raise ModelCardError(f"the model card has no {missing}: it is damaged or was not written "
                              "by this project; re-run the train stage (--tags=train)")
+    if card_fingerprint(card) != card["fingerprint"]:
+        which = f" of version {card['version']}" if card.get("version") else ""
+        raise ModelCardError(f"the model card{which} was edited after training: its class names, input "
+                             "contract, architecture or weights fingerprint no longer match its fingerprint, so "
+                             "the model would be used wrongly. Re-run the train stage (--tags=train), or load "
+                             "another version")
     try:
         model = ModelConfig(**card["model"])
         image = ImageConfig(size=card["input"]["size"], channels=card["input"]["channels"],
@@ -97,7 +128,8 @@ def read_card(card: dict[str, Any], weights: dict[str, torch.Tensor] | None = No
     except (ConfigError, TypeError) as error:
         raise ModelCardError(f"the model card describes no buildable model: {error}") from None
     parsed = ModelCard(model, list(card["class_names"]), image.size, image.channels, image.mean,
-                       image.std, card["weights_fingerprint"], dict(card["lineage"]))
+                       image.std, card["weights_fingerprint"], dict(card["lineage"]), card.get("version"),
+                       (card.get("metrics") or {}).get("val_accuracy"))
     if weights is not None and weights_fingerprint(weights) != parsed.weights_fingerprint:
         raise LineageError(
             "the model weights are not the ones the model card describes (weights fingerprint "

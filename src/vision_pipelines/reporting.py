@@ -97,6 +97,15 @@ def plot_confusion(metrics: dict[str, Any]) -> Figure:
     return fig
 
 
+def signed(fig: Figure, made_by: dict[str, Any]) -> Figure:
+    """``fig`` with the model that made its figures named in its bottom-right corner."""
+    if made_by.get("model"):
+        version = made_by.get("model_version")
+        name = f"{version} (weights {made_by['model']})" if version else made_by["model"]
+        fig.text(0.995, 0.003, f"model {name}", ha="right", va="bottom", fontsize=6, color="grey")
+    return fig
+
+
 def _matrix_axes(ax, matrix: np.ndarray, names: list[str], title: str) -> None:
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)

@@ -17,6 +17,7 @@ mlflow, or when no run is open (tracking disabled in mlflow.yml), the hook does 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import math
@@ -56,16 +57,18 @@ def artifact_location(uri: str) -> str | None:
 
 
 class MlflowTrackingHook:
-    """Log settings, learning curves, evaluation and files to the run kedro-mlflow opened."""
+    """Log settings, learning curves, evaluation and files to the run kedro-mlflow opened; name
+    the run after its dataset, what it does and what differs; end it KILLED when interrupted."""
 
     def __init__(self) -> None:
         self._client = None  # an mlflow.MlflowClient while a run is being tracked
         self._run_id: str | None = None
         self._catalog = None
 
-    # trylast: after kedro-mlflow's before_pipeline_run, which opens the run
+    # trylast: after kedro-mlflow's before_pipeline_run, which opens the run, and after
+    # RunGuardHook's, which chooses the model a predict or export run uses
     @hook_impl(trylast=True)
-    def before_pipeline_run(self, pipeline, catalog) -> None:
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         self._client = self._run_id = None
         try:
             import mlflow
@@ -75,10 +78,19 @@ class MlflowTrackingHook:
         if run is None:
             return
         self._client, self._run_id, self._catalog = mlflow.MlflowClient(), run.info.run_id, catalog
+        atexit.register(self._end_interrupted)
         parameters = catalog.load("parameters")
+        kind = run_kind(pipeline)
+        runtime = run_params.get("runtime_params") or {}
+        tags = {KIND_TAG: kind}
         for dataset in namespaces(pipeline):
             settings = dataclasses.asdict(resolved_settings(parameters.get(dataset) or {}, dataset))
+            if kind != "train":  # a run that uses a model: its own settings, not the ones the model was trained with
+                settings = {key: value for key, value in settings.items() if key in _sections_read(pipeline, dataset)}
             self._client.log_batch(self._run_id, params=_params(flatten(settings, prefix=dataset)))
+            tags["mlflow.runName"] = run_name(dataset, kind, runtime.get(dataset) or {},
+                                              None if kind == "train" else self._model_used(dataset, tags))
+        self._client.log_batch(self._run_id, tags=_tags(tags))
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
@@ -90,6 +102,9 @@ class MlflowTrackingHook:
                 self._log_history(dataset, data)
             elif entry == "metrics":
                 self._log_evaluation(dataset, data)
+            elif entry == "model_card":  # the model this run trained
+                self._client.log_batch(self._run_id, tags=_tags(_model_tags(
+                    dataset, saved_path(self._catalog, dataset_name).parent.name, data["metrics"]["val_accuracy"])))
             if entry in ARTIFACT_FOLDERS or entry.endswith("_plot"):
                 folder = ARTIFACT_FOLDERS.get(entry, "plots")
                 self._client.log_artifact(self._run_id, str(saved_path(self._catalog, dataset_name)),
@@ -104,11 +119,38 @@ class MlflowTrackingHook:
             uri = self._client.tracking_uri
             log.info("MLflow run %s logged to %s; compare runs with: mlflow ui --backend-store-uri %s",
                      self._run_id, uri, uri)
-        self._client = self._run_id = self._catalog = None
+        self._forget()
 
     @hook_impl
     def on_pipeline_error(self) -> None:
+        self._forget()  # kedro-mlflow ends the run FAILED
+
+    def _forget(self) -> None:
+        atexit.unregister(self._end_interrupted)
         self._client = self._run_id = self._catalog = None
+
+    def _end_interrupted(self) -> None:
+        """At exit, a run that neither finished nor failed was interrupted (Ctrl-C, SIGTERM): end it
+        KILLED, before MLflow's own exit handler would record it FINISHED."""
+        import mlflow
+
+        if self._run_id is not None:
+            while mlflow.active_run() is not None:
+                mlflow.end_run("KILLED")
+            self._client.set_terminated(self._run_id, "KILLED")
+
+    def _model_used(self, dataset: str, tags: dict[str, str]) -> str | None:
+        """The version of the model a predict, export or evaluate run uses (RunGuardHook chose it);
+        its score and the MLflow run that trained it go into ``tags``."""
+        from .versions import KeptModel
+
+        version = self._catalog.get(f"{dataset}.model_card").resolve_load_version()
+        tags.update(_model_tags(dataset, version, KeptModel.read(self._catalog, dataset, version).score))
+        trained_by = self._client.search_runs(self._client.get_run(self._run_id).info.experiment_id,
+                                              f"tags.run_id = '{version}'", max_results=1)
+        if trained_by:
+            tags[f"{dataset}.model_run"] = trained_by[0].info.run_id
+        return version
 
     def _log_history(self, dataset: str, history) -> None:
         """Each column of the epoch table (losses, accuracies, lr, seconds) as a metric with step = epoch."""
@@ -132,6 +174,45 @@ class MlflowTrackingHook:
         self._client.log_batch(self._run_id, metrics=[Metric(f"{dataset}.{key}", value, now, 0)
                                                       for key, value in values.items()],
                                tags=[RunTag(f"{dataset}.evaluated_on", metrics["subset"])])
+
+
+KIND_TAG = "vision_pipelines.kind"  # train | predict | export | evaluate: filter the runs table by it
+KINDS = {"model_weights": "train", "new_predictions": "predict", "onnx_model": "export"}  # by what a run writes
+
+
+def run_kind(pipeline) -> str:
+    """What a run does, from what it writes: train, predict, export, or evaluate (a run that uses a model)."""
+    written = {name.split(".", 1)[-1] for name in pipeline.all_outputs()}
+    return next((kind for entry, kind in KINDS.items() if entry in written), "evaluate")
+
+
+def run_name(dataset: str, kind: str, runtime: dict[str, Any], model_version: str | None) -> str:
+    """``fruits epochs=3 max_lr=0.005``: the dataset and the settings given on the command line (where
+    the data comes from left out); ``fruits predict, model 2026-11-23T10.19.01.357Z`` for a run that
+    uses a model."""
+    given = {key.removeprefix(f"{dataset}."): value
+             for key, value in flatten({k: v for k, v in runtime.items() if k != "source"}, prefix=dataset).items()}
+    leaves = [key.rsplit(".", 1)[-1] for key in given]  # "epochs", unless two sections share it ("train.seed")
+    shown = [f"{leaf if leaves.count(leaf) == 1 else key}={value}" for (key, value), leaf in zip(given.items(), leaves)]
+    words = [dataset] + ([] if kind == "train" else [kind]) + shown
+    return " ".join(words) + (f", model {model_version}" if model_version else "")
+
+
+def _model_tags(dataset: str, version: str, score: float | None) -> dict[str, str]:
+    return {f"{dataset}.model_version": version,
+            **({} if score is None else {f"{dataset}.model_val_accuracy": f"{score:.4f}"})}
+
+
+def _sections_read(pipeline, dataset: str) -> set[str]:
+    """The settings sections of ``dataset`` the pipeline's nodes read (``params:<dataset>.<section>``)."""
+    prefix = f"params:{dataset}."
+    return {name[len(prefix):].split(".")[0] for name in pipeline.inputs() if name.startswith(prefix)}
+
+
+def _tags(tags: dict[str, str]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(key, str(value)) for key, value in tags.items()]
 
 
 def resolved_settings(sections: dict[str, Any], dataset: str) -> DatasetConfig:

@@ -202,7 +202,8 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
         }))
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["file", "subset", "label", "predicted", "confidence"])
-    predictions.attrs["lineage"] = {"model": card.weights_fingerprint, "image_cache": image_cache.fingerprint,
+    predictions.attrs["lineage"] = {"model": card.weights_fingerprint, "model_version": card.version,
+                                    "model_val_accuracy": card.val_accuracy, "image_cache": image_cache.fingerprint,
                                     "manifest": image_cache.manifest_fingerprint,
                                     "class_names": card.class_names}
     return predictions
@@ -219,7 +220,8 @@ def evaluate_predictions(predictions: pd.DataFrame, class_names: list[str], eval
                                                class_names, evaluate.top_confused)
     val = predictions[(predictions["subset"] == "val") & predictions["label"].notna()]
     log.info("%s accuracy %.4f on %d images", subset, metrics["accuracy"], metrics["images"])
-    return {"subset": subset, **metrics, "model": predictions.attrs.get("lineage", {}).get("model"),
+    made_by = predictions.attrs.get("lineage", {})
+    return {"subset": subset, **metrics, "model": made_by.get("model"), "model_version": made_by.get("model_version"),
             "val_accuracy": float((val["label"] == val["predicted"]).mean()) if len(val) else None}
 
 
@@ -236,11 +238,11 @@ def plot_lr_schedule(training_steps: pd.DataFrame) -> Figure:
 
 
 def plot_confusion_matrix(metrics: dict[str, Any]) -> Figure:
-    return reporting.plot_confusion(metrics)
+    return reporting.signed(reporting.plot_confusion(metrics), metrics)
 
 
 def plot_per_class_accuracy(metrics: dict[str, Any]) -> Figure:
-    return reporting.plot_per_class_accuracy(metrics)
+    return reporting.signed(reporting.plot_per_class_accuracy(metrics), metrics)
 
 
 def plot_error_gallery(predictions: pd.DataFrame, raw_images: Path, evaluate: EvaluateConfig) -> Figure:
@@ -256,8 +258,9 @@ def plot_error_gallery(predictions: pd.DataFrame, raw_images: Path, evaluate: Ev
     titles = [f"true: {t}\npred: {p} ({c:.0%})" for t, p, c in
               zip(mistakes["label"], mistakes["predicted"], mistakes["confidence"])]
     wrong = int((rows["label"] != rows["predicted"]).sum())
-    return reporting.plot_image_grid(pictures, titles, f"Most confident mistakes on {subset}: "
-                                     f"{wrong} wrong of {len(rows)}")
+    figure = reporting.plot_image_grid(pictures, titles,
+                                       f"Most confident mistakes on {subset}: {wrong} wrong of {len(rows)}")
+    return reporting.signed(figure, predictions.attrs.get("lineage", {}))
 
 
 def plot_sample_batch(image_cache: ImageCache, train: TrainConfig) -> Figure:
@@ -301,7 +304,9 @@ def make_submission(predictions: pd.DataFrame, manifest: pd.DataFrame, raw_image
     table = pd.DataFrame({submission.id_column: ids.to_numpy(), submission.label_column: labels.to_numpy()})
     if submission.template:
         table = _fill_template(Path(raw_images), submission, table)
-    log.info("submission: %d rows", len(table))
+    table.attrs["lineage"] = {key: recorded.get(key) for key in ("model", "model_version", "model_val_accuracy",
+                                                                 "manifest")}
+    log.info("submission: %d rows, by model %s", len(table), recorded.get("model_version") or recorded.get("model"))
     return table
 
 

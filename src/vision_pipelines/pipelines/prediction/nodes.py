@@ -23,6 +23,8 @@ from ...prediction import classify_files
 
 log = logging.getLogger(__name__)
 
+SHOWN_ON_CONSOLE = 20  # up to this many files, each one's classes are printed too
+
 
 def list_new_images(predict: PredictConfig) -> pd.DataFrame:
     """The files of ``predict.input`` (a folder, searched recursively, or one image) by the rules
@@ -59,10 +61,22 @@ def classify_new_images(new_images: pd.DataFrame, model_weights: dict[str, torch
     table["file"] = usable["file"].to_numpy()  # one row per file, in order: the names the user knows
     table = pd.concat([table, new_images[new_images["reason"].notna()]], ignore_index=True)[table.columns]
     skipped = table["reason"].dropna().str.split(" \\(").str[0].value_counts()
-    log.info("classified %d of %d files with %s%s", len(table) - skipped.sum(), len(table), card.model.name,
-             f"; skipped {skipped.sum()} ({', '.join(f'{why}: {n}' for why, n in skipped.items())}; "
+    log.info("classified %d of %d files with %s, %s%s", len(table) - skipped.sum(), len(table), card.model.name,
+             card.describe(), f"; skipped {skipped.sum()} ({', '.join(f'{why}: {n}' for why, n in skipped.items())}; "
              "each with its reason in the CSV)" if len(skipped) else "")
+    if len(table) <= SHOWN_ON_CONSOLE:
+        for row in table.to_dict("records"):
+            log.info("%s: %s", row["file"], row["reason"] if isinstance(row["reason"], str) else ranked(row))
+    table.attrs["lineage"] = {"model": card.weights_fingerprint, "model_version": card.version,
+                              "model_val_accuracy": card.val_accuracy}
     return table, shown
+
+
+def ranked(row: dict[str, Any]) -> str:
+    """``apple 0.93, pear 0.05, kiwi 0.01``: a predictions row's classes, most likely first."""
+    labels = [row["label"], *(row[k] for k in row if k.startswith("label_"))]
+    scores = [row["confidence"], *(row[k] for k in row if k.startswith("confidence_"))]
+    return ", ".join(f"{label} {score:.2f}" for label, score in zip(labels, scores))
 
 
 def plot_new_predictions(new_predictions: pd.DataFrame, new_prediction_images: np.ndarray) -> Figure:

@@ -1,0 +1,226 @@
+"""Which version of a kept artifact a run reads: its own, the latest finished run's, or the one named.
+
+Kedro keeps every run's outputs as ``data/<layer>/<dataset>/<file>/<version>/<file>`` (the version
+is the run's start time) and loads the newest version folder. Left at that, "latest" can lie:
+
+- a run killed after training leaves its model as the newest version beside the previous run's
+  submission, so "latest" mixes two runs;
+- a version folder from the future (clock skew, ``data/`` copied from another machine) stays the
+  newest forever, and every later run would evaluate and submit that old model.
+
+So each run writes a record, ``data/.runs/<version>.json``, when it starts (``running``) and
+rewrites it when it ends (``finished``, or ``failed``). The project's versioned datasets
+(``RunVersioned``) load, when no version is pinned: this run's own version when it saved one,
+else the newest version whose run finished — never one of a run that failed, was killed or is
+still going, and never one later than now (named in a warning). Versions saved before runs were
+recorded have no record and count as finished.
+
+``<dataset>.model_version`` (latest | best | a version) picks the model ``<dataset>_predict``,
+``<dataset>_export`` and the notebook use; ``best`` is the kept model with the highest validation
+accuracy among those trained on the same data (manifest fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path, PurePath
+from typing import Any
+
+from kedro.io import AbstractVersionedDataset, Version
+from kedro.io.core import VERSION_FORMAT, VersionNotFoundError, generate_timestamp
+from kedro.utils import find_kedro_project
+
+from .atomic import write_atomically
+
+log = logging.getLogger(__name__)
+
+RUNS = Path("data") / ".runs"  # the run records, under the project root
+FINISHED, RUNNING, FAILED = "finished", "running", "failed"
+
+
+class VersionError(ValueError):
+    """A version that cannot be used: it does not exist, or it is not a model of this data."""
+
+
+class RunRecords:
+    """The run records of one project: ``data/.runs/<version>.json``."""
+
+    def __init__(self, project: Path) -> None:
+        self.folder = Path(project) / RUNS
+
+    def start(self, version: str, pipelines: list[str]) -> None:
+        self._write(version, {"version": version, "status": RUNNING, "pipelines": pipelines,
+                              "command": " ".join(sys.argv), "pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def end(self, version: str, status: str, **details: Any) -> None:
+        """Rewrite the record with its outcome: the versions it saved become loadable at once if finished."""
+        record = self.read(version) or {"version": version}
+        self._write(version, {**record, **details, "status": status,
+                              "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def read(self, version: str) -> dict[str, Any] | None:
+        return _read_record(self.folder / f"{version}.json")
+
+    def unfinished(self) -> set[str]:
+        """Versions whose run has a record that does not say it finished."""
+        try:
+            changed = self.folder.stat().st_mtime_ns  # a record written or replaced changes the folder
+        except FileNotFoundError:
+            return set()
+        return _unfinished(self.folder, changed)
+
+    def _write(self, version: str, record: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.folder / f"{version}.json", json.dumps(record, indent=1).encode())
+
+
+@lru_cache(maxsize=16)
+def _unfinished(folder: Path, changed: int) -> frozenset[str]:
+    records = {path.stem: _read_record(path) or {} for path in folder.glob("*.json")}
+    return frozenset(version for version, record in records.items() if record.get("status") != FINISHED)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=64)
+def _project_of(folder: str) -> Path | None:
+    return find_kedro_project(Path(folder))
+
+
+def records_for(filepath: PurePath) -> RunRecords | None:
+    """The run records of the Kedro project a dataset's file belongs to (None outside a project)."""
+    project = _project_of(str(Path(str(filepath)).parent))
+    return RunRecords(project) if project else None
+
+
+_warned: set[str] = set()
+
+
+class RunVersioned:
+    """Mixin for the project's versioned datasets: the version loaded when none is pinned is this
+    run's own, else the newest of a finished run that is not later than now."""
+
+    def _fetch_latest_load_version(self: AbstractVersionedDataset) -> str:
+        if self._cached_load_version is not None:
+            return self._cached_load_version
+        usable = loadable(self.list_versions(full_path=False), records_for(self._filepath), str(self._filepath))
+        own = self._version.save if self._version else None
+        if own and self._exists_function(str(self._get_versioned_path(own))):
+            usable.insert(0, own)
+        if not usable:
+            raise VersionNotFoundError(f"Did not find any versions for {self}")
+        self._cached_load_version = usable[0]
+        return usable[0]
+
+
+def loadable(versions: list[str], records: RunRecords | None, what: str) -> list[str]:
+    """``versions`` (newest first) less those of runs that did not finish and those later than now,
+    which are named in a warning, once per process."""
+    now = generate_timestamp()
+    future = [v for v in versions if v > now]
+    if future and what not in _warned:
+        _warned.add(what)
+        log.warning("ignoring %d version(s) of %s dated later than now (%s, ...): a clock was wrong or data/ was "
+                    "copied from another machine. Move them away, or load one by name with --load-versions",
+                    len(future), what, future[0])
+    unfinished = records.unfinished() if records else set()
+    return [v for v in versions if v <= now and v not in unfinished]
+
+
+def version_at(moment: datetime) -> str:
+    """The Kedro version string of ``moment`` (UTC, to the millisecond)."""
+    return moment.astimezone(timezone.utc).strftime(VERSION_FORMAT)[:-4] + "Z"
+
+
+def version_before(version: str) -> str:
+    """The version 1 ms before ``version``."""
+    moment = datetime.strptime(version, VERSION_FORMAT).replace(tzinfo=timezone.utc)
+    return version_at(moment - timedelta(milliseconds=1))
+
+
+# --- choosing the model -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeptModel:
+    """One kept model: its version, score and the data it was trained on."""
+
+    version: str
+    score: float | None  # validation accuracy; the evaluation's accuracy for a model trained without one
+    manifest: str | None
+
+    @classmethod
+    def read(cls, catalog, dataset: str, version: str) -> KeptModel:
+        card = _read_json(catalog.get(f"{dataset}.model_card"), version)
+        evaluation = _read_json(catalog.get(f"{dataset}.metrics"), version)
+        score = (card.get("metrics") or {}).get("val_accuracy")
+        if score is None and evaluation.get("model") == card.get("weights_fingerprint"):
+            score = evaluation.get("accuracy")
+        return cls(version, score, (card.get("lineage") or {}).get("manifest"))
+
+
+def _read_json(dataset: AbstractVersionedDataset, version: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(str(dataset._get_versioned_path(version))).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def kept_models(catalog, dataset: str) -> list[KeptModel]:
+    """The models of ``dataset`` that finished runs kept (weights and card), newest first."""
+    weights, card = catalog.get(f"{dataset}.model_weights"), catalog.get(f"{dataset}.model_card")
+    with_weights = set(weights.list_versions(full_path=False))
+    versions = [v for v in card.list_versions(full_path=False) if v in with_weights]
+    return [KeptModel.read(catalog, dataset, v)
+            for v in loadable(versions, records_for(card._filepath), str(card._filepath))]
+
+
+def choose_model(catalog, dataset: str, setting: str, manifest: str | None) -> KeptModel:
+    """The model ``<dataset>.model_version`` names: ``latest``, ``best`` (highest validation
+    accuracy among models trained on ``manifest``'s data, the latest model's data when None), or a
+    version, checked to exist."""
+    models = kept_models(catalog, dataset)
+    if not models:
+        raise VersionError(f"{dataset} has no trained model yet: run kedro run --pipelines={dataset} first")
+    if setting == "latest":
+        return models[0]
+    if setting == "best":
+        data = manifest or models[0].manifest
+        same_data = [m for m in models if m.manifest == data and m.score is not None]
+        if not same_data:
+            raise VersionError(f"{dataset}.model_version=best: no kept model was trained on the current data "
+                               f"(manifest {data}); train one with kedro run --pipelines={dataset}")
+        return max(same_data, key=lambda m: m.score)  # the newest of equals: max keeps the first
+    named = [m for m in models if m.version == setting]
+    if not named:
+        raise VersionError(f"{dataset}.model_version={setting}: no model of that version was kept by a finished "
+                           f"run; kept models, newest first: {', '.join(m.version for m in models[:10])}")
+    return named[0]
+
+
+def has_version(catalog, name: str, version: str) -> bool:
+    dataset = catalog.get(name)
+    return dataset._exists_function(str(dataset._get_versioned_path(version)))
+
+
+def pin_load_version(catalog, name: str, version: str) -> None:
+    """Load ``name`` at ``version`` for the rest of the run, as ``--load-versions`` would have.
+    Kedro fixes load versions when it builds the catalog, before any hook could choose one, so the
+    dataset's version is set in place."""
+    dataset = catalog.get(name)
+    dataset._version = Version(version, dataset._version.save if dataset._version else None)
+    dataset._clear_version_cache()
