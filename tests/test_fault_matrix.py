@@ -631,6 +631,23 @@ def test_sigterm_during_training_stops_within_seconds_and_the_rerun_completes(fi
     assert half_written(project) == []
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_ends_killed_in_mlflow(stop: signal.Signals, finished_run, tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    project, params = finished_run
+    seed = 9000 + stop  # finds this run among the session's
+    process = start_slowed(project, {**params, "fruits.train.seed": seed}, tmp_path,
+                           "vision_pipelines.engine:TrainStep.__call__", 0.3)
+    os.killpg(process.pid, stop)
+    process.wait(timeout=30)
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("vision-pipelines")
+    (run,) = client.search_runs([experiment.experiment_id], f"params.`fruits.train.seed` = '{seed}'")
+    assert run.info.status == "KILLED"
+    record = json.loads((project / "data/.runs" / f"{run.data.tags['run_id']}.json").read_text())
+    assert record["status"] == "running"  # never finished: none of its outputs is loaded as the latest
+
+
 def test_a_run_killed_during_training_is_never_taken_for_a_finished_one(finished_run, tmp_path: Path) -> None:
     """Killed after the split and cache of new data: the old model now sits beside a new manifest
     and cache. Evaluating refuses the pair; the same command then completes."""

@@ -65,6 +65,36 @@ def test_each_kedro_run_is_one_finished_mlflow_run_with_its_settings(two_runs) -
         assert saved(project, run, "08_reporting/fruits/metrics.json").is_file()
 
 
+def test_training_runs_are_named_after_the_dataset_and_the_settings_given(two_runs) -> None:
+    project, client, runs = two_runs
+    for epochs, run in runs.items():
+        words = run.info.run_name.split()
+        assert words[0] == "fruits" and f"epochs={epochs}" in words and "size=16" in words
+        assert not any(word.startswith(("kind=", "path=")) for word in words)  # where the data is: not a setting
+        assert run.data.tags["vision_pipelines.kind"] == "train"
+        assert run.data.tags["fruits.model_version"] == run.data.tags["run_id"]  # the model it trained
+        card = json.loads(saved(project, run, "06_models/fruits/model_card.json").read_text())
+        assert run.data.tags["fruits.model_val_accuracy"] == f"{card['metrics']['val_accuracy']:.4f}"
+
+
+def test_a_predict_run_is_typed_linked_to_its_model_and_has_no_training_settings(two_runs, tmp_path: Path) -> None:
+    project, client, runs = two_runs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI")
+        patch.chdir(project)
+        run_kedro(project, "fruits_predict", {"fruits.predict.input": str(project.parent / "images" / "Test"),
+                                              "fruits.model_version": runs[1].data.tags["run_id"]})
+    experiment = client.get_experiment_by_name("vision-pipelines")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`vision_pipelines.kind` = 'predict'")
+    model = runs[1].data.tags["run_id"]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("fruits predict ") and run.info.run_name.endswith(f"model {model}")
+    assert run.data.tags["fruits.model_version"] == model
+    assert run.data.tags["fruits.model_run"] == runs[1].info.run_id  # the run that trained it
+    assert "fruits.predict.top_k" in run.data.params and "fruits.compute.device" in run.data.params
+    assert not [name for name in run.data.params if name.startswith(("fruits.train.", "fruits.split."))]
+
+
 def test_learning_curves_are_metrics_per_epoch(two_runs) -> None:
     project, client, runs = two_runs
     for epochs, run in runs.items():
@@ -136,7 +166,7 @@ def test_hook_does_nothing_when_no_mlflow_run_is_open() -> None:
     """kedro-mlflow opens no run for a pipeline listed in mlflow.yml's disable_tracking."""
     assert mlflow.active_run() is None
     hook = MlflowTrackingHook()
-    hook.before_pipeline_run(pipeline=None, catalog=None)  # neither is looked at
+    hook.before_pipeline_run(run_params={}, pipeline=None, catalog=None)  # none is looked at
     hook.after_dataset_saved("fruits.metrics", {"accuracy": 1.0})
 
 
