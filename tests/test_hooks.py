@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KEDRO, fast_params, latest, make_folders_dataset, make_project, run_kedro
+from vision_pipelines.config import ConfigError
 
 VERSIONED = ["06_models/fruits/model.safetensors", "06_models/fruits/model_card.json",
              "08_reporting/fruits/metrics.json", "08_reporting/fruits/confusion.png",
@@ -72,6 +73,16 @@ def test_files_a_killed_run_left_half_written_are_removed(kedro_project: Path, r
     run_kedro(kedro_project, "fruits", params_for(raw), tags=["train", "evaluate"])
     assert not any(p.exists() for p in leftovers)
     assert not (data / "08_reporting/fruits/metrics.json/2099-01-01T00.00.00.000Z").exists()
+
+
+def test_mistyped_params_are_refused_before_mlflow_sets_up_its_store(kedro_project: Path, raw: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal comes first: kedro-mlflow would otherwise create (or migrate) the project's
+    MLflow store, seconds on a small machine, for a run that is refused anyway."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the project's own store: mlflow.db at its root
+    with pytest.raises(ConfigError, match="fruits.train.epochs"):
+        run_kedro(kedro_project, "fruits", params_for(raw, **{"train.epochs": 2.5}))
+    assert not (kedro_project / "mlflow.db").exists()
 
 
 def test_console_is_quiet_and_ends_with_the_score_and_where_things_are(tmp_path: Path, raw: Path) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 from kedro.io.core import get_filepath_str
@@ -34,8 +34,10 @@ from kedro_datasets_experimental.safetensors import SafetensorsDataset as _Safet
 from PIL import Image
 
 from .atomic import partial_path, write_atomically
-from .cache import CacheBuild, ImageCache, write_cache
 from .versions import RunVersioned
+
+if TYPE_CHECKING:  # .cache imports torch: only a run that loads or saves the cache needs it
+    from .cache import CacheBuild, ImageCache
 
 
 class AtomicSave:
@@ -179,7 +181,7 @@ class ImageFolderDataset(AbstractDataset[Path, Path]):
         return {"path": str(self._path)}
 
 
-class ImageCacheDataset(AbstractDataset[CacheBuild, ImageCache]):
+class ImageCacheDataset(AbstractDataset["CacheBuild", "ImageCache"]):
     """``data/05_model_input/<dataset>/image_cache``: the uint8 image cache (``cache.py``).
 
     Saving a ``CacheBuild`` decodes its images into shards and commits them; loading gives an
@@ -191,9 +193,13 @@ class ImageCacheDataset(AbstractDataset[CacheBuild, ImageCache]):
         self.metadata = metadata
 
     def load(self) -> ImageCache:
+        from .cache import ImageCache
+
         return ImageCache(self._path)
 
     def save(self, data: CacheBuild) -> None:
+        from .cache import write_cache
+
         write_cache(self._path, data)
 
     def _exists(self) -> bool:

@@ -1,4 +1,9 @@
-"""Hooks that make a run fail early and clearly, never mix two runs' outputs, and end with a summary."""
+"""Hooks that make a run fail early and clearly, never mix two runs' outputs, and end with a summary.
+
+Every ``kedro`` command imports this module (through settings.py), so it imports nothing heavy:
+``.datasets`` (pandas, matplotlib) is imported where a run uses it, by which time the catalog
+has imported it anyway.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,6 @@ from omegaconf import OmegaConf
 
 from .atomic import PARTIAL
 from .config import ConfigError, parse_dataset
-from .datasets import LocationDataset, dataset_path, saved_path
 from .versions import (
     FAILED,
     FINISHED,
@@ -74,7 +78,8 @@ class ValidateParametersHook:
     so an error names the full setting (``fruits.train.epochs must be an integer, got 2.5``),
     and refuse ``--params`` for a dataset that does not exist."""
 
-    @hook_impl
+    # tryfirst: before kedro-mlflow's after_context_created sets up MLflow's store
+    @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
         from .pipeline_registry import dataset_names
 
@@ -164,6 +169,8 @@ class RunSummaryHook:
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from .datasets import saved_path
+
         project = Path(run_params.get("project_path") or Path.cwd())
         outputs = pipeline.all_outputs()
         for dataset in namespaces(pipeline):
@@ -194,6 +201,8 @@ def namespaces(pipeline) -> list[str]:
 
 
 def _folder_of(catalog, name: str) -> Path | None:
+    from .datasets import dataset_path
+
     try:
         dataset = catalog.get(name)
     except Exception:  # noqa: BLE001 - a memory dataset or an unknown entry has no folder
@@ -216,6 +225,8 @@ def _check_writable(folder: Path) -> None:
 
 def _check_inputs_exist(pipeline, catalog) -> None:
     """Refuse a run whose inputs an earlier run makes, and has not made yet, naming what to run."""
+    from .datasets import LocationDataset, dataset_path
+
     for name in sorted(pipeline.inputs()):
         dataset = None if name.startswith("params:") or name == "parameters" else catalog.get(name)
         if dataset is None or isinstance(dataset, (LocationDataset, MemoryDataset)) or dataset.exists():

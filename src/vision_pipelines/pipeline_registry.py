@@ -5,14 +5,15 @@ Every ``conf/base/parameters_<name>.yml`` defines a dataset ``<name>`` and so th
 model) and ``<name>_export`` (TorchScript and ONNX files of that model): adding a dataset needs
 configuration only. ``__default__`` (plain ``kedro run``) runs the ``fruits`` pipeline alone,
 never every dataset at once.
+
+The pipelines' modules (torch, pandas, matplotlib) are imported by ``register_pipelines`` only,
+so that ``dataset_names`` (which ``hooks.ValidateParametersHook`` uses before a run) is quick.
 """
 
 from pathlib import Path
 
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
-
-from .pipelines import export, image_classification, prediction
 
 DEFAULT_DATASET = "fruits"
 
@@ -24,6 +25,8 @@ def dataset_names(conf_base: Path | None = None) -> list[str]:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
+    from .pipelines import export, image_classification, prediction
+
     pipelines = {}
     for name in dataset_names():
         pipelines[name] = image_classification.create_pipeline(name)

@@ -13,6 +13,9 @@ run with what a user compares between runs:
 
 Metrics and files are logged as the catalog saves them, while the run is open. Without
 mlflow, or when no run is open (tracking disabled in mlflow.yml), the hook does nothing.
+
+Every ``kedro`` command imports this module (through settings.py): mlflow and ``.datasets``
+are imported only where a run uses them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from .config import DatasetConfig, parse_dataset
-from .datasets import saved_path
 from .hooks import namespaces
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ class MlflowTrackingHook:
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
         if self._run_id is None or "." not in dataset_name:
             return
+        from .datasets import saved_path
+
         dataset, entry = dataset_name.split(".", 1)
         try:
             if entry == "training_history":
