@@ -162,6 +162,7 @@ class KeptModel:
     version: str
     score: float | None  # validation accuracy; the evaluation's accuracy for a model trained without one
     manifest: str | None
+    card_format: int | None  # model_card.FORMAT_VERSION it was written with
 
     @classmethod
     def read(cls, catalog, dataset: str, version: str) -> KeptModel:
@@ -170,7 +171,7 @@ class KeptModel:
         score = (card.get("metrics") or {}).get("val_accuracy")
         if score is None and evaluation.get("model") == card.get("weights_fingerprint"):
             score = evaluation.get("accuracy")
-        return cls(version, score, (card.get("lineage") or {}).get("manifest"))
+        return cls(version, score, (card.get("lineage") or {}).get("manifest"), card.get("format_version"))
 
 
 def _read_json(dataset: AbstractVersionedDataset, version: str) -> dict[str, Any]:
@@ -199,8 +200,15 @@ def choose_model(catalog, dataset: str, setting: str, manifest: str | None) -> K
     if setting == "latest":
         return models[0]
     if setting == "best":
+        from .model_card import FORMAT_VERSION  # imports torch: only where a run chooses a model
+
+        readable = [m for m in models if m.card_format == FORMAT_VERSION]
+        if len(readable) < len(models):
+            log.warning("model_version=best: leaving out %d model(s) whose card this project no longer reads "
+                        "(an older card format, e.g. %s)", len(models) - len(readable),
+                        next(m.version for m in models if m not in readable))
         data = manifest or models[0].manifest
-        same_data = [m for m in models if m.manifest == data and m.score is not None]
+        same_data = [m for m in readable if m.manifest == data and m.score is not None]
         if not same_data:
             raise VersionError(f"{dataset}.model_version=best: no kept model was trained on the current data "
                                f"(manifest {data}); train one with kedro run --pipelines={dataset}")
