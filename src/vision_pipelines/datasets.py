@@ -10,7 +10,7 @@ the latest) once its file is complete, so a half-finished run is never taken for
   ``SafetensorsDataset``: kedro-datasets' own, saved atomically (a plot loads as its PNG image).
 - ``ImageFolderDataset``: a link to the folder of raw images.
 - ``ImageCacheDataset``: the sharded uint8 image cache (``cache.py``), committed by its index.
-- ``FileDataset``: bytes, such as an exported ONNX or TorchScript model.
+- ``FileDataset``: bytes, such as an exported ONNX model.
 - ``LocationDataset``: a place the project writes to during a node (the download cache, the
   training checkpoint), resolved under the project root like every catalog path.
 """
@@ -93,7 +93,7 @@ class SafetensorsDataset(AtomicSave, _SafetensorsDataset):
 
 
 class FileDataset(AbstractVersionedDataset[bytes, bytes]):
-    """A file's bytes (an ONNX or TorchScript model), versioned like the model it comes from."""
+    """A file's bytes (an ONNX model), versioned like the model it comes from."""
 
     def __init__(self, *, filepath: str, version: Version | None = None,
                  metadata: dict[str, Any] | None = None) -> None:
