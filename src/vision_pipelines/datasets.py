@@ -7,7 +7,8 @@ the new one, whole. A versioned dataset's new version only becomes visible (and 
 the latest) once its file is complete, so a half-finished run is never taken for a finished one.
 
 - ``JSONDataset``, ``CSVDataset``, ``ParquetDataset``, ``MatplotlibDataset``,
-  ``SafetensorsDataset``: kedro-datasets' own, saved atomically (a plot loads as its PNG image).
+  ``SafetensorsDataset``: kedro-datasets' own, saved atomically (a plot loads as its PNG image);
+  kedro-viz previews an entry once a run has saved it, and says nothing of the others.
 - ``ImageFolderDataset``: a link to the folder of raw images.
 - ``ImageCacheDataset``: the sharded uint8 image cache (``cache.py``), committed by its index.
 - ``FileDataset``: bytes, such as an exported ONNX model.
@@ -17,6 +18,7 @@ the latest) once its file is complete, so a half-finished run is never taken for
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -65,21 +67,42 @@ def _unwrapped(save):
     return getattr(save, "__wrapped__", save)
 
 
+def _preview_when_saved(preview):
+    """kedro-datasets' ``preview``, giving nothing for an entry no run has saved yet. Theirs
+    raises then, and ``kedro viz build --include-previews`` logs a "could not be previewed"
+    warning for each such entry (95 for a project never run). kedro-viz reads the preview's kind
+    from the return annotation, which ``functools.wraps`` keeps."""
+
+    @functools.wraps(preview)
+    def preview_if_saved(self, *args, **kwargs):
+        return preview(self, *args, **kwargs) if self.exists() else None
+
+    return preview_if_saved
+
+
 class JSONDataset(AtomicSave, _JSONDataset):
     """``json.JSONDataset``, saved atomically."""
+
+    preview = _preview_when_saved(_JSONDataset.preview)
 
 
 class CSVDataset(AtomicSave, _CSVDataset):
     """``pandas.CSVDataset``, saved atomically."""
 
+    preview = _preview_when_saved(_CSVDataset.preview)
+
 
 class ParquetDataset(AtomicSave, _ParquetDataset):
     """``pandas.ParquetDataset``, saved atomically; ``DataFrame.attrs`` (lineage) travel with it."""
+
+    preview = _preview_when_saved(_ParquetDataset.preview)
 
 
 class MatplotlibDataset(AtomicSave, _MatplotlibDataset):
     """``matplotlib.MatplotlibDataset`` (one figure), saved atomically. kedro-datasets' own cannot
     be loaded; this one loads the saved PNG as a PIL image, which a notebook displays."""
+
+    preview = _preview_when_saved(_MatplotlibDataset.preview)
 
     def load(self) -> Image.Image:
         with self._fs.open(get_filepath_str(self._get_load_path(), self._protocol), "rb") as file:
