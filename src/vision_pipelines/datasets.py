@@ -238,3 +238,10 @@ def saved_path(catalog, name: str) -> Path:
     if isinstance(dataset, AbstractVersionedDataset) and dataset._version:
         return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
     return Path(dataset_path(dataset))
+
+
+def load_version(catalog, name: str) -> str | None:
+    """The version catalog entry ``name`` loads: the newest saved, or the one ``--load-versions``
+    pins; None for an unversioned entry."""
+    dataset = catalog.get(name)
+    return dataset.resolve_load_version() if isinstance(dataset, AbstractVersionedDataset) else None

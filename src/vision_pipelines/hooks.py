@@ -1,4 +1,5 @@
-"""Hooks that make a run fail early and clearly, never mix two runs' outputs, and end with a summary."""
+"""Hooks that make a run fail early and clearly, never mix two runs' outputs, and end with a summary;
+and one that lets a notebook's errors reach Jupyter and papermill."""
 
 from __future__ import annotations
 
@@ -55,6 +56,25 @@ def _kaggle_credentials(context) -> dict[str, Any]:
         if found:
             return found
     return {}
+
+
+class KernelTracebackHook:
+    """A cell that fails in a Jupyter kernel reports its error to Jupyter and papermill.
+
+    Kedro's ``RichHandler`` with ``rich_tracebacks`` (conf/logging.yml, and Kedro's default
+    logging) installs rich's traceback printer, in IPython too: there it replaces the shell's
+    ``showtraceback``, so a failing cell prints a rich traceback as display output and sends no
+    error message, and papermill says ``Exception encountered at "In [13]":`` with nothing after
+    it. In a kernel, IPython's own traceback display is given back (first thing after
+    ``%reload_kedro`` configured logging); the CLI and the IPython terminal keep rich's.
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+        if getattr(shell, "kernel", None) is not None:  # a Jupyter kernel
+            for method in ("showtraceback", "_showtraceback", "showsyntaxerror"):  # rich's overrides
+                vars(shell).pop(method, None)
 
 
 class ValidateParametersHook:
