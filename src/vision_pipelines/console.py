@@ -157,7 +157,7 @@ def short_traceback(record: logging.LogRecord) -> str:
 
 def report_error(kind: type[BaseException], error: BaseException, trace) -> None:
     """``sys.excepthook``: an error that ends the program, once and short (``ERROR  LayoutError:
-    source.path=...: no such folder``, and where it was raised); Ctrl-C and exits as Python shows them."""
+    source.path=...: no such folder``, and where it was raised); Ctrl-C as Python shows it."""
     if not issubclass(kind, Exception):
         sys.__excepthook__(kind, error, trace)
         return
