@@ -117,7 +117,9 @@ def test_location_dataset_gives_an_absolute_path_and_refuses_saves(tmp_path: Pat
 def test_image_folder_dataset_links_the_folder_and_refuses_to_replace_a_real_one(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()
-    link = datasets.ImageFolderDataset(path=str(tmp_path / "raw" / "fruits"))
+    link = datasets.ImageFolderDataset(path=str(tmp_path / "raw" / "fruits"), pipeline="fruits")
+    with pytest.raises(DatasetError, match=r"no image folder .*kedro run --pipelines=fruits --tags=download"):
+        link.load()
     link.save(images)
     assert link.load() == images.resolve() and (tmp_path / "raw" / "fruits").is_symlink()
     real = tmp_path / "real"

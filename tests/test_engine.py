@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,39 @@ def test_a_long_cpu_run_is_announced_with_its_estimate(caplog: pytest.LogCapture
     assert "about 83 min of training for 500 steps" in caplog.text
     assert "will take about 83 min" in caplog.text and "--env=cpu" in caplog.text
     assert caplog.text.count("of training for 500 steps") == 1  # said once
+
+
+@pytest.mark.parametrize("seconds_per_step", [0.05, 12, 23])
+def test_a_gpu_recipe_on_the_cpu_is_announced_within_30_s_whatever_a_step_takes(
+        seconds_per_step: float, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast steps are timed over 10 for a steady estimate; slow ones no longer than 30 s (at 23 s
+    a step, the first is the estimate: 10 steps would be 4 min of waiting)."""
+    now = [0.0]
+    monkeypatch.setattr(engine.time, "time", lambda: now[0])
+    caplog.set_level(logging.INFO, logger="vision_pipelines.engine")
+    eta = engine.EtaReport(total_steps=100_000, device=torch.device("cpu"))
+    warned_at = None
+    while warned_at is None and now[0] < 300:
+        now[0] += seconds_per_step
+        eta.step()
+        if any(r.levelno == logging.WARNING for r in caplog.records):
+            warned_at = now[0]
+    eta.close()
+    assert warned_at is not None and warned_at <= 30
+    assert f"will take about {engine.format_seconds(seconds_per_step * 100_000)}" in caplog.text
+
+
+def test_a_first_step_longer_than_the_bound_is_announced_as_a_lower_bound(caplog: pytest.LogCaptureFixture) -> None:
+    """No step has ended when the time is up: the run takes more than that time per step."""
+    caplog.set_level(logging.INFO, logger="vision_pipelines.engine")
+    eta = engine.EtaReport(total_steps=100_000, device=torch.device("cpu"), within_s=0.2)  # a real clock
+    deadline = time.time() + 10
+    while "--env=cpu" not in caplog.text and time.time() < deadline:
+        time.sleep(0.05)
+    assert "training on the CPU will take more than" in caplog.text
+    said = len(caplog.records)
+    eta.step()  # the first step ends
+    assert len(caplog.records) == said  # said once
 
 
 def test_deterministic_option_forces_deterministic_kernels(monkeypatch: pytest.MonkeyPatch) -> None:

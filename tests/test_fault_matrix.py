@@ -310,6 +310,7 @@ def test_missing_kaggle_credentials_fail_within_seconds_without_a_prompt(finishe
                           cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "No Kaggle credentials found" in done.stdout + done.stderr
+    assert '--params="fruits.source.kind=local,fruits.source.path=' in done.stdout + done.stderr  # not <dataset>
     assert time.time() - started < 30
     assert snapshot(project) == before
 

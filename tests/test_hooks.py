@@ -86,24 +86,27 @@ def test_mistyped_params_are_refused_before_mlflow_sets_up_its_store(kedro_proje
 
 
 def test_console_is_quiet_and_ends_with_the_score_and_where_things_are(tmp_path: Path, raw: Path) -> None:
-    """What `kedro run` prints: this project's lines and warnings, not Kedro's per-dataset
-    chatter (that goes to info.log), ending with the score and the output paths."""
+    """What `kedro run` prints, captured as CI captures it, 60 columns wide: this project's lines
+    and warnings, not Kedro's per-dataset chatter (that goes to info.log), ending with the score
+    and the output paths; every path and command whole on its line, to copy."""
     project = make_project(tmp_path / "project")
     params = ",".join(f"{k}={v}" for k, v in params_for(raw).items())
     run = subprocess.run([KEDRO, "run", "--pipelines=fruits", "--env=cpu", f"--params={params}"], cwd=project,
                          capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "250"})
+                         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "60"})
     assert run.returncode == 0, run.stderr[-3000:]
     console = (run.stdout + run.stderr).splitlines()
     assert len(console) <= 25, "\n".join(console)
     assert not any("Loading data from" in line or "Saving data to" in line for line in console)
     text = "\n".join(console)
-    assert "training resnet9" in text and "epoch 3/3" in text and "fruits done." in text
+    assert "INFO  training resnet9" in text and "epoch 3/3" in text and "INFO  fruits done." in text
     metrics = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
     assert f"test accuracy {metrics['accuracy']:.4f}" in text
-    for line in console[console.index(next(line for line in console if "fruits done." in line)):]:
-        for what in ("submission: ", "model: ", "report folder: "):
-            if what in line:
-                assert (project / line.split(what, 1)[1].split()[0]).exists(), line
+    summary = console[console.index(next(line for line in console if "fruits done." in line)):]
+    paths = [line.split(what, 1)[1] for line in summary for what in ("submission: ", "model: ", "report folder: ")
+             if what in line]
+    assert len(paths) == 3 and all((project / path).exists() for path in paths), summary
+    store = next(line for line in console if "mlflow ui" in line).split("--backend-store-uri sqlite:///", 1)[1]
+    assert Path(store).is_file(), store  # the command to compare runs, whole
     log = (project / "info.log").read_text()
     assert "Saving data to fruits.metrics" in log and "Running node: train_model" in log

@@ -136,7 +136,7 @@ def test_flip_tta_changes_no_rows_or_columns(project: Path, tmp_path: Path) -> N
 
 def test_unset_input_fails_before_any_work_naming_the_setting(project: Path) -> None:
     before = set((project / OUTPUT).glob("*"))
-    with pytest.raises(ConfigError, match=r"fruits\.predict\.input is not set"):
+    with pytest.raises(ConfigError, match=r"fruits\.predict\.input is not set.*--params=\"fruits\.predict\.input=PATH"):
         predict(project, None)
     with pytest.raises(ConfigError, match=r"fruits\.predict\.input=.*nowhere: no such file or folder"):
         predict(project, project / "nowhere")

@@ -169,17 +169,18 @@ class ImageFolderDataset(AbstractDataset[Path, Path]):
 
     Saving a folder links ``path`` to it (a symlink: a local copy or a download cache is never
     duplicated); loading returns the folder. The link is replaced atomically, so ``path`` always
-    points at a complete folder or at nothing.
+    points at a complete folder or at nothing. ``pipeline`` (``fruits``) is the pipeline whose
+    download stage makes the folder, named in the error when there is none.
     """
 
-    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
-        self._path = Path(path)
+    def __init__(self, *, path: str, pipeline: str = "<dataset>", metadata: dict[str, Any] | None = None) -> None:
+        self._path, self._pipeline = Path(path), pipeline
         self.metadata = metadata
 
     def load(self) -> Path:
         if not self._path.exists():
             raise DatasetError(f"no image folder at {self._path}: run the download stage first "
-                               "(kedro run --pipelines=<dataset> --tags=download)")
+                               f"(kedro run --pipelines={self._pipeline} --tags=download)")
         return self._path.resolve()
 
     def save(self, data: Path) -> None:

@@ -46,6 +46,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from .console import use_console
+
 if TYPE_CHECKING:  # engine imports this module (sync_batchnorm)
     from .engine import TrainingJob, TrainResult
 
@@ -174,6 +176,7 @@ def _worker(job: TrainingJob, logging_config: dict | None) -> TrainResult | None
     rank = int(os.environ["RANK"])
     if logging_config:
         logging.config.dictConfig(logging_config)
+        use_console()
     if rank != 0:  # one voice: the others only warn
         logging.getLogger("vision_pipelines").setLevel(logging.WARNING)
     use_cuda = job.compute.device != "cpu" and torch.cuda.is_available()

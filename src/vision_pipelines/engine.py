@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,25 +248,49 @@ def train_one_epoch(step: TrainStep, loader: Loader, epoch: int, state: RunState
 
 
 class EtaReport:
-    """After the first steps, one line with the expected training time, and a warning when a CPU
-    run would take hours (a GPU recipe on a laptop)."""
+    """Early in training, one line with the expected training time, and a warning when a CPU run
+    would take hours (a GPU recipe on a laptop).
 
-    def __init__(self, total_steps: int, device: torch.device, after_steps: int = 10) -> None:
+    It comes after ``after_steps`` steps, or sooner when waiting for the next step would take it
+    past ``within_s`` seconds; a first step still running at ``within_s`` (a timer) is reported
+    as a lower bound. Either way a user knows within ``within_s`` of the start.
+    """
+
+    def __init__(self, total_steps: int, device: torch.device, after_steps: int = 10,
+                 within_s: float = 30.0) -> None:
         self.total, self.device, self.after = total_steps, device, min(after_steps, total_steps)
-        self.done, self.started = 0, time.time()
+        self.within_s, self.done, self.started = within_s, 0, time.time()
+        self.unreported = threading.Lock()  # held by the first report: the step's or the timer's
+        self.timer = threading.Timer(within_s, self.overdue)
+        self.timer.daemon = True
+        self.timer.start()
 
     def step(self) -> None:
         self.done += 1
-        if self.done != self.after:
-            return
         per_step = (time.time() - self.started) / self.done
-        seconds = per_step * self.total
-        log.info("about %s of training for %d steps (%s per step)", format_seconds(seconds), self.total,
+        if self.done >= self.after or per_step * (self.done + 1) > self.within_s:
+            self.report(per_step)
+
+    def overdue(self) -> None:
+        """At ``within_s``, if not reported yet: the steps are slower than they looked, or the
+        first one is still running (then each takes longer than the time so far)."""
+        elapsed = time.time() - self.started
+        self.report(elapsed / self.done if self.done else elapsed, lower_bound=not self.done)
+
+    def report(self, per_step: float, lower_bound: bool = False) -> None:
+        if not self.unreported.acquire(blocking=False):
+            return
+        self.close()
+        seconds, about = per_step * self.total, "more than" if lower_bound else "about"
+        log.info("%s %s of training for %d steps (%s per step)", about, format_seconds(seconds), self.total,
                  format_seconds(per_step))
         if self.device.type == "cpu" and seconds > CPU_WARNING_SECONDS:
-            log.warning("training on the CPU will take about %s with these settings, which are sized "
+            log.warning("training on the CPU will take %s %s with these settings, which are sized "
                         "for a GPU. `kedro run --env=cpu ...` trains a CPU-sized recipe in minutes.",
-                        format_seconds(seconds))
+                        about, format_seconds(seconds))
+
+    def close(self) -> None:
+        self.timer.cancel()
 
 
 def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
@@ -280,16 +305,20 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
     checkpoint = checkpoint or CheckpointSaver(None, "")
     state = checkpoint.restore(step, train.generator, config)
     eta = EtaReport(total_steps - len(state.steps), train.device) if rank == 0 and state.epoch < config.epochs else None
-    for epoch in range(state.epoch + 1, config.epochs + 1):
-        epoch_started = time.time()
-        row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta)}
-        _share_buffers(step.network)
-        row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
-        row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
-        state.record(row, step.network, config.keep)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
-                 config.epochs, row["train_loss"], row["val_loss"], row["val_accuracy"], row["seconds"])
-        checkpoint.save(step, train.generator, state, config)
+    try:
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            epoch_started = time.time()
+            row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta)}
+            _share_buffers(step.network)
+            row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
+            row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
+            state.record(row, step.network, config.keep)
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
+                     config.epochs, row["train_loss"], row["val_loss"], row["val_accuracy"], row["seconds"])
+            checkpoint.save(step, train.generator, state, config)
+    finally:
+        if eta is not None:
+            eta.close()  # no estimate from a run that has stopped
     kept_epoch, weights = state.kept(step.network, config.keep)
     return TrainResult(weights, kept_epoch, pd.DataFrame(state.history), pd.DataFrame(state.steps),
                        str(train.device), train.precision, world, time.time() - started)

@@ -211,7 +211,7 @@ class RunSummaryHook:
                         path = Path(str(catalog.get(f"{dataset}.metrics")._filepath)).parent
                     lines.append(f"{what}: {path.relative_to(project) if path.is_relative_to(project) else path}")
             if lines:
-                log.info("%s done. %s", dataset, "\n  ".join(["", *lines]))
+                log.info("%s done.%s", dataset, "\n  ".join(["", *lines]))
 
 
 def namespaces(pipeline) -> list[str]:

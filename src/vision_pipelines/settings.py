@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kedro.utils import find_kedro_project
 
+from vision_pipelines.console import use_console
 from vision_pipelines.hooks import (
     KaggleCredentialsHook,
     KernelTracebackHook,
@@ -25,6 +26,7 @@ logging.getLogger("py.warnings").addFilter(lambda record: "Add type hints to the
 # MLflow gives its loggers a console handler of their own when imported (after this file, by
 # kedro-mlflow), at INFO unless told otherwise: it would print its database set-up every run.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+use_console()  # conf/logging.yml's console handlers, made ConsoleHandlers; short errors
 
 HOOKS = (KernelTracebackHook(), KaggleCredentialsHook(), ValidateParametersHook(), RunGuardHook(), RunSummaryHook(),
          MlflowTrackingHook())

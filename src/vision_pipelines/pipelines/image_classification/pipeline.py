@@ -8,6 +8,7 @@ saved artifacts: ``kedro run --pipelines=fruits --tags=evaluate``.
 
 from kedro.pipeline import Node, Pipeline
 
+from .. import naming_the_dataset
 from .nodes import (
     build_image_cache,
     build_manifest,
@@ -28,10 +29,12 @@ from .nodes import (
 STAGES = ("download", "split", "cache", "train", "evaluate", "submit")
 
 
-def create_template() -> Pipeline:
-    """download -> split -> cache -> train -> evaluate -> submit, without a namespace."""
+def create_template(dataset: str = "<dataset>") -> Pipeline:
+    """download -> split -> cache -> train -> evaluate -> submit, without a namespace; ``dataset``
+    names the pipeline in the download's errors (``--pipelines=fruits``)."""
     return Pipeline([
-        Node(download_images, ["params:source", "downloads"], "raw_images", name="download_images", tags="download"),
+        Node(naming_the_dataset(dataset, download_images), ["params:source", "downloads"], "raw_images",
+             name="download_images", tags="download"),
         Node(build_manifest, ["raw_images", "params:source", "params:split"], ["manifest", "class_names"],
              name="build_manifest", tags="split"),
         Node(build_image_cache, ["raw_images", "manifest", "class_names", "params:images"], "image_cache",
@@ -62,4 +65,4 @@ def create_template() -> Pipeline:
 
 def create_pipeline(dataset: str) -> Pipeline:
     """The template for one dataset: its parameters and artifacts all live under ``dataset``."""
-    return Pipeline(create_template(), namespace=dataset, tags=dataset)
+    return Pipeline(create_template(dataset), namespace=dataset, tags=dataset)

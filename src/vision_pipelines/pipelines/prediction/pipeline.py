@@ -5,19 +5,16 @@ pipeline's ``fruits.model_weights`` and ``fruits.model_card`` (so kedro viz draw
 model it uses) and writes ``fruits.new_predictions`` (CSV) and ``fruits.new_predictions_plot``.
 """
 
-import functools
-from collections.abc import Callable
-
 from kedro.pipeline import Node, Pipeline
 
-from ...config import ConfigError
+from .. import naming_the_dataset
 from .nodes import classify_new_images, list_new_images, plot_new_predictions
 
 
 def create_template(dataset: str = "<dataset>") -> Pipeline:
     """list -> classify -> plot, without a namespace; ``dataset`` names its settings in errors."""
     return Pipeline([
-        Node(settings_of(dataset, list_new_images), "params:predict", "new_images",
+        Node(naming_the_dataset(dataset, list_new_images), "params:predict", "new_images",
              name="list_new_images", tags="predict"),
         Node(classify_new_images, ["new_images", "model_weights", "model_card", "params:predict", "params:compute"],
              ["new_predictions", "new_prediction_images"], name="classify_new_images", tags="predict"),
@@ -29,18 +26,3 @@ def create_template(dataset: str = "<dataset>") -> Pipeline:
 def create_pipeline(dataset: str) -> Pipeline:
     """The template for one dataset: ``<dataset>_predict`` in the registry."""
     return Pipeline(create_template(dataset), namespace=dataset, tags=dataset)
-
-
-def settings_of(dataset: str, func: Callable) -> Callable:
-    """``func``, whose setting errors name the dataset (``fruits.predict.input is not set``), as
-    ``hooks.ValidateParametersHook``'s do; signature and type hints (which Kedro builds the
-    typed settings from) are ``func``'s."""
-
-    @functools.wraps(func)
-    def node(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as error:
-            raise ConfigError(f"{dataset}.{error}") from None
-
-    return node
