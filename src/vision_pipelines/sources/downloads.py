@@ -17,6 +17,7 @@ of logs, markers and tracking.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -269,7 +270,7 @@ def download_url(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S
         return download_kaggle(f"{owner}/{slug}", downloads, api_factory, timeout_s)
     if is_google_drive_url(url):
         return download_google_drive(url, downloads, timeout_s, max_expansion)
-    if is_url(url):
+    if is_url(_without_userinfo(url)):
         return download_archive(url, downloads, timeout_s, min_bytes_per_s, max_expansion)
     raise DownloadError(f"source.url={redact_url(url)!r} is not a Kaggle, Google Drive, http(s) or ftp URL")
 
@@ -309,7 +310,12 @@ def _fetch_file(url: str, folder: Path, timeout_s: float, min_bytes_per_s: float
     not a file, and so is a trickle: less than ``min_bytes_per_s`` on average over any
     ``timeout_s`` (a server sending a byte now and then never trips the socket's timeout)."""
     shown = redact_url(url)
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    parts, headers = urllib.parse.urlsplit(url), {"User-Agent": USER_AGENT}
+    if "@" in parts.netloc:  # http://user:password@host/...: urllib would take it all for the host name
+        user = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+        url = _without_userinfo(url)
+    request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         path = folder / _file_name(response.headers.get_filename() or urllib.parse.urlparse(response.url).path)
         total = response.length  # None when the server does not say
@@ -333,6 +339,12 @@ def _fetch_file(url: str, folder: Path, timeout_s: float, min_bytes_per_s: float
         raise DownloadError(f"{shown}: the connection closed after {progress.done:,} of {total:,} bytes")
     log.info("received %s: %s bytes", shown, f"{progress.done:,}")
     return path
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 def _file_name(name: str) -> str:
