@@ -11,7 +11,8 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,22 @@ def latest(path: Path) -> Path:
     versions = sorted(p for p in Path(path).iterdir() if (p / Path(path).name).is_file())
     assert versions, f"no version of {path}"
     return versions[-1] / Path(path).name
+
+
+def wait_until(condition: Callable[[], object], seconds: float) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` have passed; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def download_entries(folder: Path) -> list[str]:
+    """The names in a downloads folder, sorted, without the ``<download>.lock`` files that stay
+    beside the downloads (removing a lock file others may be waiting on would void the lock)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.suffix != ".lock")
 
 
 def sample_dir(name: str) -> Path:

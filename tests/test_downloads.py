@@ -6,6 +6,7 @@ archives, one that cuts every download short, one that never answers).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import io
@@ -32,16 +33,26 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 
 import vision_pipelines.sources.downloads as downloads_module
-from conftest import PROJECT_ROOT, fast_params, make_class_folders, make_project, run_kedro
+from conftest import (
+    PROJECT_ROOT,
+    download_entries,
+    fast_params,
+    make_class_folders,
+    make_project,
+    run_kedro,
+    wait_until,
+)
 from vision_pipelines.config import SourceConfig
 from vision_pipelines.hooks import KaggleCredentialsHook
 from vision_pipelines.sources import DownloadError, MissingCredentialsError, fetch, scan
 from vision_pipelines.sources.downloads import (
     COMPLETE_MARKER,
+    atomic_download,
     download_kaggle,
     download_torchvision,
     download_url,
     kaggle_credentials_present,
+    redact_url,
 )
 
 
@@ -97,7 +108,7 @@ def test_interrupted_kaggle_download_is_never_taken_for_complete(tmp_path: Path,
     (tmp_path / "moltean__fruits.partial-old").mkdir()  # left by a killed run
     with pytest.raises(DownloadError, match="connection reset.*nothing was kept"):
         download_kaggle("moltean/fruits", tmp_path, api_factory=lambda: FakeKaggleApi(fail_after_classes=1))
-    assert list(tmp_path.iterdir()) == []
+    assert download_entries(tmp_path) == []
     done = download_kaggle("moltean/fruits", tmp_path, api_factory=FakeKaggleApi)
     assert len(list(done.rglob("*.jpg"))) == 4
 
@@ -105,7 +116,7 @@ def test_interrupted_kaggle_download_is_never_taken_for_complete(tmp_path: Path,
 def test_missing_kaggle_credentials_say_how_to_provide_them(tmp_path: Path, no_kaggle_credentials) -> None:
     with pytest.raises(MissingCredentialsError, match="(?s)credentials.yml.*KAGGLE_USERNAME.*source.kind=local"):
         download_kaggle("moltean/fruits", tmp_path / "downloads", api_factory=FakeKaggleApi)
-    assert not any((tmp_path / "downloads").iterdir())
+    assert download_entries(tmp_path / "downloads") == []
 
 
 def test_credentials_yml_is_exported_for_the_kaggle_client(tmp_path: Path, no_kaggle_credentials,
@@ -171,7 +182,7 @@ def test_network_failure_mid_download_keeps_nothing_partial(tmp_path: Path, cut_
     before = sorted(p.relative_to(tmp_path) for p in earlier.rglob("*"))
     with pytest.raises(DownloadError, match="(?s)downloading torchvision FashionMNIST failed.*127.0.0.1"):
         download_torchvision("FashionMNIST", tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["torchvision__CIFAR10"]  # no partial, no final
+    assert download_entries(tmp_path) == ["torchvision__CIFAR10"]  # no partial, no final
     assert sorted(p.relative_to(tmp_path) for p in earlier.rglob("*")) == before
 
 
@@ -193,7 +204,7 @@ def test_kaggle_client_unzips_into_a_partial_folder_beside_the_target(tmp_path: 
     # staged in the same folder (an atomic rename), under a name never read as data
     assert seen["exists"] and seen["path"].parent == tmp_path / "downloads"
     assert seen["path"].name.startswith("puneet6060__intel-image-classification.partial-")
-    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == [done.name]
+    assert download_entries(tmp_path / "downloads") == [done.name]
 
 
 def test_leftover_partial_folder_is_removed_and_never_used(tmp_path: Path, kaggle_credentials) -> None:
@@ -207,7 +218,7 @@ def test_leftover_partial_folder_is_removed_and_never_used(tmp_path: Path, kaggl
     assert api.calls == ["moltean/fruits"]  # the leftover was not taken for a finished download
     assert not leftover.exists()
     assert sorted(p.parent.name for p in done.rglob("*.jpg")) == ["Apple", "Apple", "Kiwi", "Kiwi"]
-    assert [p.name for p in tmp_path.iterdir()] == ["moltean__fruits"]
+    assert download_entries(tmp_path) == ["moltean__fruits"]
 
 
 def test_final_folder_without_marker_is_downloaded_again(tmp_path: Path, kaggle_credentials) -> None:
@@ -348,7 +359,7 @@ def test_fashion_mnist_export_matches_the_contest_layout(tmp_path: Path, monkeyp
 def test_unsupported_torchvision_dataset_is_named(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match=r"source\.dataset='MNIST'.*\['CIFAR10', 'FashionMNIST'\]"):
         download_torchvision("MNIST", tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert download_entries(tmp_path) == []
 
 
 def by_file(found) -> dict[str, tuple]:
@@ -418,7 +429,7 @@ def test_archive_url_is_downloaded_once_extracted_and_scanned(tmp_path: Path, ar
     assert found.images["origin"].value_counts().to_dict() == {"train": 30, "test": 9}
     assert fetch(source, tmp_path / "downloads") == root
     assert archives.requests == [f"/{name}"]  # one request: the second fetch downloaded nothing
-    assert [p.name for p in (tmp_path / "downloads").iterdir()] == [root.name]
+    assert download_entries(tmp_path / "downloads") == [root.name]
 
 
 def test_url_source_trains_end_to_end_and_a_second_run_downloads_nothing(tmp_path: Path,
@@ -430,8 +441,8 @@ def test_url_source_trains_end_to_end_and_a_second_run_downloads_nothing(tmp_pat
     run_kedro(project, "fruits", params, tags=["download", "split"])
 
     assert archives.requests == ["/fruits.zip"]
-    (download,) = (project / "data" / "01_raw" / "downloads").iterdir()
-    assert (project / "data" / "01_raw" / "fruits").resolve() == download
+    (download,) = download_entries(project / "data" / "01_raw" / "downloads")
+    assert (project / "data" / "01_raw" / "fruits").resolve() == project / "data" / "01_raw" / "downloads" / download
     manifest = pd.read_parquet(project / "data" / "02_intermediate" / "fruits" / "manifest.parquet")
     assert manifest["subset"].value_counts().to_dict() == {"train": 24, "test": 9, "val": 6}
     metrics = list((project / "data" / "08_reporting" / "fruits" / "metrics.json").glob("*/metrics.json"))
@@ -451,7 +462,7 @@ def test_a_folder_left_without_marker_is_downloaded_again(tmp_path: Path, archiv
 def test_a_download_that_is_no_archive_keeps_nothing(tmp_path: Path, archives: ArchiveServer) -> None:
     with pytest.raises(DownloadError, match="no zip or tar archive.*nothing was kept"):
         download_url(archives.url + "notes.txt", tmp_path / "downloads")
-    assert list((tmp_path / "downloads").iterdir()) == []
+    assert download_entries(tmp_path / "downloads") == []
 
 
 def test_a_tar_member_leading_outside_is_refused(tmp_path: Path, no_proxy) -> None:
@@ -470,13 +481,13 @@ def test_a_tar_member_leading_outside_is_refused(tmp_path: Path, no_proxy) -> No
         server.httpd.shutdown()
         server.httpd.server_close()
     assert not list(tmp_path.rglob("escaped.txt"))
-    assert list((tmp_path / "a" / "downloads").iterdir()) == []
+    assert download_entries(tmp_path / "a" / "downloads") == []
 
 
 def test_a_cut_download_is_an_error_not_an_archive(tmp_path: Path, cut_stream_url: str) -> None:
     with pytest.raises(DownloadError, match="closed after 1,000 of 100,000 bytes.*nothing was kept"):
         download_url(cut_stream_url + "data.zip", tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert download_entries(tmp_path) == []
 
 
 def test_url_download_logs_its_start_progress_and_end(tmp_path: Path, archives: ArchiveServer,
@@ -529,7 +540,7 @@ def test_kaggle_url_without_credentials_fails_fast_with_the_help(tmp_path: Path,
     source = SourceConfig(kind="url", url="https://www.kaggle.com/competitions/titanic")
     with pytest.raises(MissingCredentialsError, match="(?s)credentials.yml.*KAGGLE_USERNAME.*source.kind=local"):
         fetch(source, tmp_path / "downloads")
-    assert list((tmp_path / "downloads").iterdir()) == []
+    assert download_entries(tmp_path / "downloads") == []
 
 
 def test_google_drive_link_is_downloaded_by_file_id_and_extracted(tmp_path: Path,
@@ -602,7 +613,7 @@ def earlier_download(tmp_path: Path) -> Iterator[Path]:
     before = {p: p.stat().st_mtime_ns for p in earlier.rglob("*")}
     yield tmp_path / "downloads"
     assert {p: p.stat().st_mtime_ns for p in earlier.rglob("*")} == before
-    assert [p.name for p in (tmp_path / "downloads").iterdir()] == ["torchvision__CIFAR10"]  # no partial
+    assert download_entries(tmp_path / "downloads") == ["torchvision__CIFAR10"]  # no partial
 
 
 def test_url_download_from_a_silent_server_fails_after_the_timeout(silent_url: str, earlier_download: Path) -> None:
@@ -638,3 +649,137 @@ def test_kaggle_client_requests_get_the_timeout_too(silent_url: str, earlier_dow
         download_kaggle("moltean/fruits", earlier_download, api_factory=RequestsApi, timeout_s=0.5)
     assert time.monotonic() - started < 5
     assert (HTTPAdapter.send, socket.getdefaulttimeout()) == (send, default)  # restored afterwards
+
+
+# --- two downloads of one target --------------------------------------------------------------
+
+
+def test_a_second_download_of_the_same_target_waits_for_the_first_and_uses_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two datasets with one source: the second neither removes the first's download in progress
+    (as left by an interrupted one) nor downloads again."""
+    caplog.set_level(logging.INFO, logger="vision_pipelines")
+    target, release, calls, results, errors = tmp_path / "moltean__fruits", threading.Event(), [], [], []
+
+    def fill(staging: Path) -> None:
+        calls.append(staging)
+        if len(calls) == 1:
+            release.wait(10)  # the first download is still going when the second starts
+        make_class_folders(staging / "Training", ["Apple"], 1)
+
+    def download() -> None:
+        try:
+            results.append(atomic_download(target, fill, "Kaggle dataset moltean/fruits"))
+        except Exception as error:  # noqa: BLE001 - collected for the assertion below
+            errors.append(error)
+
+    first, second = threading.Thread(target=download), threading.Thread(target=download)
+    first.start()
+    assert wait_until(lambda: calls, 10)
+    second.start()
+    wait_until(lambda: "waiting for another download" in caplog.text, 5)
+    release.set()
+    first.join(30)
+    second.join(30)
+
+    assert errors == [] and len(calls) == 1 and results == [target, target]
+    assert f"waiting for another download of Kaggle dataset moltean/fruits into {target} to finish" in caplog.text
+    assert (target / COMPLETE_MARKER).is_file() and download_entries(tmp_path) == [target.name]
+
+
+# --- a server that trickles ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def dripping_url(no_proxy) -> Iterator[str]:
+    """A server on 127.0.0.1 that promises 1 MB and sends one byte every 0.3 s, for 20 s at most."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip(connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            started = time.monotonic()
+            while not stop.wait(0.3) and time.monotonic() - started < PATIENCE_S:
+                try:
+                    connection.sendall(b"\0")
+                except OSError:
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                threading.Thread(target=drip, args=(server.accept()[0],), daemon=True).start()
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    stop.set()
+    server.close()
+
+
+def test_a_trickling_download_fails_after_the_timeout_showing_progress_meanwhile(
+        dripping_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(downloads_module, "PROGRESS_EVERY_S", 0.5)
+    caplog.set_level(logging.INFO, logger="vision_pipelines")
+    source = SourceConfig(kind="url", url=dripping_url + "data.zip", timeout_s=1.5)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"data.zip failed \(DownloadError: .*: \d+ bytes in the last 1.5 s, slower "
+                                            r"than source.min_bytes_per_s=1024 .*nothing was kept"):
+        fetch(source, tmp_path / "downloads")
+    assert time.monotonic() - started < 10
+    assert "downloading data.zip: " in caplog.text  # progress while the bytes came in
+    assert download_entries(tmp_path / "downloads") == []
+
+
+# --- archives that expand too far ---------------------------------------------------------------
+
+
+@pytest.fixture
+def zip_bomb(tmp_path: Path, no_proxy) -> Iterator[ArchiveServer]:
+    """``bomb.zip``: 5 MB of zeros, about 5 kB compressed."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("Training/Apple/zeros.png", bytes(5_000_000))
+    server = ArchiveServer(served)
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def test_an_archive_expanding_too_far_is_refused_before_extraction(tmp_path: Path, zip_bomb: ArchiveServer) -> None:
+    source = SourceConfig(kind="url", url=zip_bomb.url + "bomb.zip")
+    with pytest.raises(DownloadError, match=r"bomb.zip \([\d,]+ bytes\) would expand to 5,000,000 bytes, [\d,]+ times "
+                                            r"its size, more than source.max_expansion=100"):
+        fetch(source, tmp_path / "downloads")
+    assert download_entries(tmp_path / "downloads") == []
+    trusted = dataclasses.replace(source, max_expansion=10_000)  # the setting the error names lets it through
+    assert (fetch(trusted, tmp_path / "downloads") / "Training" / "Apple" / "zeros.png").stat().st_size == 5_000_000
+
+
+def test_an_archive_larger_than_the_free_disk_is_refused(tmp_path: Path, zip_bomb: ArchiveServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    free = shutil.disk_usage(tmp_path)._replace(free=1_000_000)
+    monkeypatch.setattr(downloads_module.shutil, "disk_usage", lambda path: free)
+    source = SourceConfig(kind="url", url=zip_bomb.url + "bomb.zip", max_expansion=10_000)
+    with pytest.raises(DownloadError, match=r"bomb.zip would expand to 5,000,000 bytes, more than the 1,000,000 "
+                                            r"bytes free"):
+        fetch(source, tmp_path / "downloads")
+
+
+# --- secrets in URLs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("http://user:s3cret@host:8080/a/data.zip", "http://***@host:8080/a/data.zip"),
+    ("https://bucket.s3.amazonaws.com/d.zip?X-Amz-Credential=AKIA1&X-Amz-Signature=abc123#frag",
+     "https://bucket.s3.amazonaws.com/d.zip?X-Amz-Credential=***&X-Amz-Signature=***"),
+    ("kedro run --params=fruits.source.url=ftp://me:pw@h/x.tar,fruits.train.epochs=2",
+     "kedro run --params=fruits.source.url=ftp://***@h/x.tar,fruits.train.epochs=2"),
+    ("https://www.kaggle.com/datasets/moltean/fruits", "https://www.kaggle.com/datasets/moltean/fruits"),
+])
+def test_urls_are_shown_without_password_or_signature(text: str, shown: str) -> None:
+    assert redact_url(text) == shown

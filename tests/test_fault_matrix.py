@@ -9,6 +9,8 @@ tests/test_cache.py a cache build killed half-way, tests/test_datasets.py a full
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import logging
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from conftest import (
     IMAGES,
     KEDRO,
     SPLIT,
+    download_entries,
     fast_params,
     latest,
     make_class_folders,
@@ -328,7 +332,7 @@ def test_network_failure_mid_download_keeps_no_partial_data_and_loses_nothing(
     with pytest.raises(DownloadError, match="(?s)downloading torchvision FashionMNIST failed.*127.0.0.1"):
         run_kedro(project, "fruits", {**params, "fruits.source.kind": "torchvision",
                                       "fruits.source.dataset": "FashionMNIST"})
-    assert [p.name for p in downloads.iterdir()] == ["torchvision__CIFAR10"]  # no .partial-*, no final folder
+    assert download_entries(downloads) == ["torchvision__CIFAR10"]  # no .partial-*, no final folder
     assert sorted(earlier.rglob("*")) == earlier_files
     assert snapshot(project) == before
 
@@ -663,3 +667,52 @@ def test_a_run_killed_during_training_is_never_taken_for_a_finished_one(finished
     run_kedro(project, "fruits", params)
     metrics = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
     assert metrics["class_names"] == ["fig", "kiwi", "lime"]
+
+
+# --- secrets in a source URL --------------------------------------------------------------------
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_password_or_signature_in_the_source_url_is_recorded_nowhere(tmp_path: Path) -> None:
+    """``source.url`` with a user's password and a signed URL's signature: the run downloads with
+    them, and neither is in MLflow (params, tags), info.log, the download's marker or any lock or
+    run record."""
+    password, signature = "S3cretPassw0rd", "5ignatureF00d"
+    make_folders_dataset(tmp_path / "tree" / "fruits-360", ("Apple", "Banana", "Kiwi"), train=8, test=3)
+    (tmp_path / "served").mkdir()
+    shutil.make_archive(str(tmp_path / "served" / "fruits"), "zip", tmp_path / "tree")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(QuietFiles, directory=str(tmp_path / "served")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://reader:{password}@127.0.0.1:{server.server_address[1]}/fruits.zip?X-Amz-Signature={signature}"
+    project = make_project(tmp_path / "project")
+    params = fast_params("fruits", **{"source.kind": "url", "source.url": url, "train.epochs": 1})
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MLFLOW_TRACKING_URI", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")}
+    try:
+        run = subprocess.run([KEDRO, "run", "--pipelines=fruits", "--env=cpu",
+                              "--params=" + ",".join(f"{k}={v}" for k, v in params.items())],
+                             cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    (tracked,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    recorded = {**tracked.data.params, **tracked.data.tags}
+    assert recorded["fruits.source.url"].startswith("http://***@127.0.0.1:")  # tracked, without the secrets
+    assert not [key for key, value in recorded.items() if password in value or signature in value]
+    (marker,) = (project / "data/01_raw/downloads").glob(f"*/{COMPLETE_MARKER}")
+    records = [project / "info.log", marker, *(project / "data/.locks").iterdir(),
+               *(project / "data/01_raw/downloads").glob("*.lock"), *(project / "data/.runs").iterdir()]
+    assert (project / "info.log").is_file() and len(records) >= 5
+    for path in [*records, *(p for p in project.rglob("*") if p.is_file())]:
+        text = path.read_bytes()
+        assert password.encode() not in text and signature.encode() not in text, path

@@ -408,6 +408,17 @@ def test_make_submission_errors_are_clear(tmp_path: Path) -> None:
         nodes.make_submission(predictions, manifest, tmp_path, SubmissionConfig(template="sample*.csv"))
 
 
+def test_a_template_linking_outside_the_dataset_is_refused(tmp_path: Path) -> None:
+    manifest, predictions = manifest_and_predictions()
+    dataset, elsewhere = tmp_path / "dataset", tmp_path / "elsewhere"
+    dataset.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "sample_submission.csv").write_text("id,label\n3,0\n1,0\n2,0\n")
+    (dataset / "sample_submission.csv").symlink_to(elsewhere / "sample_submission.csv")
+    with pytest.raises(FileNotFoundError, match="no such file under .*links leading outside the dataset"):
+        nodes.make_submission(predictions, manifest, dataset, SubmissionConfig(template="sample_submission*.csv"))
+
+
 def test_download_images_returns_the_local_folder(raw: Path, tmp_path: Path) -> None:
     assert nodes.download_images(SourceConfig(path=str(raw)), tmp_path) == raw.resolve()
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -178,3 +182,53 @@ def test_class_names_become_distinct_metric_names() -> None:
 def test_run_files_go_beside_a_sqlite_store_and_to_a_server_s_own_store() -> None:
     assert artifact_location("sqlite:////data/mlflow.db") == "/data/mlartifacts"
     assert artifact_location("http://127.0.0.1:5000") is None
+
+
+# --- a tracking server that does not answer -----------------------------------------------------
+
+
+@pytest.fixture(params=["never answers", "refuses"])
+def broken_tracking_server(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``MLFLOW_TRACKING_URI`` on 127.0.0.1: a server that accepts and never answers (it stops
+    listening after 120 s, so code without a bound fails rather than hangs), or a closed port."""
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    server = socket.create_server(("127.0.0.1", 0))
+    uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+    if request.param == "refuses":
+        server.close()
+    else:
+        held: list[socket.socket] = []
+        server.settimeout(0.2)
+
+        def hold() -> None:
+            started = time.monotonic()
+            while time.monotonic() - started < 120:
+                try:
+                    held.append(server.accept()[0])
+                except OSError:
+                    pass
+            server.close()
+
+        threading.Thread(target=hold, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_a_tracking_server_that_fails_costs_seconds_says_so_once_and_loses_no_output(
+        broken_tracking_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records: list[logging.LogRecord] = []
+    tracking_log = logging.getLogger("vision_pipelines.tracking")  # Kedro resets its handlers
+    monkeypatch.setattr(tracking_log, "filters", [lambda record: records.append(record) or True])
+    make_class_folders(tmp_path / "images" / "Training", CLASSES, 8)
+    make_class_folders(tmp_path / "images" / "Test", CLASSES, 3, start_seed=500)
+    project = make_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    started = time.time()
+    run_kedro(project, "fruits", fast_params("fruits", **{"source.kind": "local", "train.epochs": 1,
+                                                           "source.path": str(tmp_path / "images")}))
+    warnings = [r for r in records if "MLflow tracking is off for this run" in r.getMessage()]
+    assert len(warnings) == 1 and broken_tracking_server in warnings[0].getMessage()
+    assert warnings[0].created - started < 60  # MLflow's own defaults: minutes per request
+    assert json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())["images"] == 9
+    assert latest(project / "data/06_models/fruits/model_card.json").is_file()

@@ -130,6 +130,8 @@ class SourceConfig(Settings):
     image_extension: str = ".png"
     class_names: list[str] | None = None  # names of integer labels 0..K-1, in order
     timeout_s: float = 60.0  # a download that receives nothing for this long fails
+    min_bytes_per_s: float = 1024.0  # an archive URL receiving less than this, on average over timeout_s, fails
+    max_expansion: float = 100.0  # an archive expanding to more than this many times its size is refused
 
     def validate(self) -> None:
         _check_choice(self, "kind", SOURCE_KINDS)
@@ -140,6 +142,8 @@ class SourceConfig(Settings):
         if self.layout == "csv" and not self.train_csv:
             raise ConfigError("source.train_csv is required when source.layout=csv")
         _check_range(self, "timeout_s", 0, low_open=True, high=None)
+        _check_range(self, "min_bytes_per_s", 0, high=None)
+        _check_range(self, "max_expansion", 0, low_open=True, high=None)
 
 
 @dataclass(frozen=True)

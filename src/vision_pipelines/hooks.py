@@ -258,6 +258,8 @@ def _check_inputs_exist(pipeline, catalog) -> None:
 
 def _lock(path: Path, dataset: str) -> FileLock:
     """Hold ``path``'s lock for this run, or refuse naming the run that holds it."""
+    from .sources.downloads import redact_url  # pandas, through .sources: only once a run starts
+
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     holder = path.with_suffix(".json")
@@ -270,7 +272,8 @@ def _lock(path: Path, dataset: str) -> FileLock:
             f"{other.get('host', '?')}, started {other.get('started', '?')}: {other.get('command', '?')}). "
             "Wait for it to finish or stop it; runs of other datasets can go ahead.") from None
     holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}))
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                  "command": redact_url(" ".join(sys.argv))}))
     return lock
 
 

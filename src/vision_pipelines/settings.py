@@ -15,7 +15,13 @@ from vision_pipelines.hooks import (
     RunSummaryHook,
     ValidateParametersHook,
 )
-from vision_pipelines.tracking import MlflowTrackingHook, artifact_location, tracking_uri
+from vision_pipelines.tracking import (
+    HTTP_DEFAULTS,
+    GuardedMlflowHook,
+    MlflowTrackingHook,
+    artifact_location,
+    tracking_uri,
+)
 
 # Warnings a user can do nothing about, printed on every run: kedro-mlflow 2.0 registers its
 # resolver with a deprecated OmegaConf call, and importing it makes mlflow ask for type hints on
@@ -27,9 +33,14 @@ logging.getLogger("py.warnings").addFilter(lambda record: "Add type hints to the
 # kedro-mlflow), at INFO unless told otherwise: it would print its database set-up every run.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 use_console()  # conf/logging.yml's console handlers, made ConsoleHandlers; short errors
+for name, value in HTTP_DEFAULTS.items():  # a tracking server that does not answer costs seconds, not minutes
+    os.environ.setdefault(name, value)
 
+# kedro-mlflow's hook runs guarded (tracking.GuardedMlflowHook): when the tracking server fails,
+# tracking is off for the run rather than the run stopped. Last: called first, as a plugin's would be.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 HOOKS = (KernelTracebackHook(), KaggleCredentialsHook(), ValidateParametersHook(), RunGuardHook(), RunSummaryHook(),
-         MlflowTrackingHook())
+         MlflowTrackingHook(), GuardedMlflowHook())
 
 
 def _project_path(relative: str) -> str:

@@ -14,8 +14,16 @@ run with what a user compares between runs:
 Metrics and files are logged as the catalog saves them, while the run is open. Without
 mlflow, or when no run is open (tracking disabled in mlflow.yml), the hook does nothing.
 
-Every ``kedro`` command imports this module (through settings.py): mlflow and ``.datasets``
-are imported only where a run uses them.
+A tracking server that does not answer never holds a run up: every MLflow request gives up
+within seconds (``MLFLOW_HTTP_REQUEST_*``, set in settings.py), and the first that fails turns
+tracking off for the rest of the run, with one warning; the run goes on and saves everything
+it would have saved (``GuardedMlflowHook`` wraps kedro-mlflow's hook for this).
+
+URLs with a password or a signature (``source.url``) are tracked only as ``redact_url`` shows
+them, in this hook's parameters and in what kedro-mlflow logs.
+
+Every ``kedro`` command imports this module (through settings.py): mlflow, kedro-mlflow and
+``.datasets`` are imported only where a run uses them.
 """
 
 from __future__ import annotations
@@ -58,6 +66,108 @@ def artifact_location(uri: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_posix()
 
 
+# Every MLflow request gives up within seconds rather than MLflow's 120 s a try, 7 tries: a
+# tracking server that accepts and never answers would hold a run for minutes per request.
+# settings.py sets them (a user's own values win).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+class _Tracking:
+    """Whether this run's tracking failed; the first failure is said once."""
+
+    off = False
+
+    @classmethod
+    def fail(cls, error: BaseException) -> None:
+        if not cls.off:
+            from .sources.downloads import redact_url
+
+            uri = redact_url(os.environ.get("MLFLOW_TRACKING_URI") or _current_uri())
+            log.warning("MLflow tracking is off for this run: %s failed (%s: %s). The run goes on and "
+                        "saves its outputs as usual; nothing of it is in MLflow.", uri, type(error).__name__,
+                        redact_url(str(error))[:300])
+        cls.off = True
+        _drop_active_runs()
+
+
+def _current_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _drop_active_runs() -> None:
+    """Forget the runs open in this process without asking the server (``mlflow.end_run`` would,
+    and wait for it once more, at exit too)."""
+    import mlflow.tracking.fluent as fluent
+
+    stack = getattr(fluent, "_active_run_stack", None)
+    runs = stack.get() if hasattr(stack, "get") else stack
+    if isinstance(runs, list):
+        runs.clear()
+
+
+def _redacted(value: Any) -> Any:
+    """``value``, or its text with URL secrets hidden when it holds any (what MLflow would record)."""
+    from .sources.downloads import redact_url
+
+    text = str(value)
+    shown = redact_url(text)
+    return value if shown == text else shown
+
+
+class GuardedMlflowHook:
+    """kedro-mlflow's own hook (it opens the MLflow run, logs the node parameters, closes the run),
+    called through a guard: the first call that fails turns tracking off for this run instead of
+    stopping it, and URL secrets are hidden from what it logs. settings.py registers this hook
+    in place of the plugin's (``DISABLE_HOOKS_FOR_PLUGINS``)."""
+
+    @staticmethod
+    def _call(method: str, **kwargs: Any) -> None:
+        if _Tracking.off:
+            return
+        try:
+            from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
+        except ImportError:  # no mlflow extra: nothing to track
+            _Tracking.off = True
+            return
+        try:
+            getattr(mlflow_hook, method)(**kwargs)
+        except Exception as error:  # noqa: BLE001 - tracking must never stop a run
+            _Tracking.fail(error)
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        _Tracking.off = False  # a new session: try the server again
+        self._call("after_context_created", context=context)
+
+    @hook_impl
+    def after_catalog_created(self, catalog, conf_catalog, conf_creds, parameters, save_version,
+                              load_versions) -> None:
+        self._call("after_catalog_created", catalog=catalog, conf_catalog=conf_catalog, conf_creds=conf_creds,
+                   parameters=parameters, save_version=save_version, load_versions=load_versions)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        shown = {key: _redacted(value) for key, value in run_params.items()}  # logged as tags
+        self._call("before_pipeline_run", run_params=shown, pipeline=pipeline, catalog=catalog)
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
+        shown = {key: _redacted(value) if key.startswith("params:") or key == "parameters" else value
+                 for key, value in inputs.items()}  # parameters are logged as params or tags
+        self._call("before_node_run", node=node, catalog=catalog, inputs=shown, is_async=is_async)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._call("after_pipeline_run", run_params=run_params, pipeline=pipeline, catalog=catalog)
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._call("on_pipeline_error", error=error, run_params=run_params, pipeline=pipeline, catalog=catalog)
+
+
 class MlflowTrackingHook:
     """Log settings, learning curves, evaluation and files to the run kedro-mlflow opened; name
     the run after its dataset, what it does and what differs; end it KILLED when interrupted."""
@@ -77,10 +187,17 @@ class MlflowTrackingHook:
         except ImportError:
             return
         run = mlflow.active_run()
-        if run is None:
+        if run is None or _Tracking.off:
             return
         self._client, self._run_id, self._catalog = mlflow.MlflowClient(), run.info.run_id, catalog
         atexit.register(self._end_interrupted)
+        try:
+            self._log_settings_and_name(run_params, pipeline, catalog)
+        except Exception as error:  # noqa: BLE001 - tracking must never stop a run
+            _Tracking.fail(error)
+            self._forget()
+
+    def _log_settings_and_name(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         parameters = catalog.load("parameters")
         kind = run_kind(pipeline)
         runtime = run_params.get("runtime_params") or {}
@@ -114,13 +231,15 @@ class MlflowTrackingHook:
                 self._client.log_artifact(self._run_id, str(saved_path(self._catalog, dataset_name)),
                                           f"{dataset}/{folder}")
         except Exception as error:  # noqa: BLE001 - a tracking failure must not stop a long run halfway
-            log.warning("could not log %s to MLflow run %s: %s (the file itself was saved)", dataset_name,
-                        self._run_id, error)
+            _Tracking.fail(error)
+            self._forget()
 
     @hook_impl
     def after_pipeline_run(self) -> None:
         if self._run_id is not None:
-            uri = self._client.tracking_uri
+            from .sources.downloads import redact_url
+
+            uri = redact_url(self._client.tracking_uri)
             log.info("MLflow run %s logged to %s; compare runs with: mlflow ui --backend-store-uri %s",
                      self._run_id, uri, uri)
         self._forget()
@@ -253,7 +372,7 @@ def metric_names(class_names: list[str]) -> dict[str, str]:
 def _params(settings: dict[str, Any]) -> list:
     from mlflow.entities import Param
 
-    return [Param(key, str(value)) for key, value in settings.items()]
+    return [Param(key, str(_redacted(value))) for key, value in settings.items()]
 
 
 def _is_number(value: Any) -> bool:

@@ -57,8 +57,11 @@ class RunRecords:
         self.folder = Path(project) / RUNS
 
     def start(self, version: str, pipelines: list[str]) -> None:
+        from .sources.downloads import redact_url  # pandas, through .sources: only once a run starts
+
         self._write(version, {"version": version, "status": RUNNING, "pipelines": pipelines,
-                              "command": " ".join(sys.argv), "pid": os.getpid(), "host": socket.gethostname(),
+                              "command": redact_url(" ".join(sys.argv)), "pid": os.getpid(),
+                              "host": socket.gethostname(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def end(self, version: str, status: str, **details: Any) -> None:

@@ -29,5 +29,6 @@ def fetch(source: SourceConfig, downloads: Path) -> Path:
     if source.kind == "kaggle":
         return download_kaggle(source.dataset, downloads, timeout_s=source.timeout_s)
     if source.kind == "url":
-        return download_url(source.url, downloads, timeout_s=source.timeout_s)
+        return download_url(source.url, downloads, timeout_s=source.timeout_s,
+                            min_bytes_per_s=source.min_bytes_per_s, max_expansion=source.max_expansion)
     return download_torchvision(source.dataset, downloads, timeout_s=source.timeout_s)

@@ -6,11 +6,18 @@ downloads nothing. An interrupted download leaves only a ``.partial-`` folder, w
 read as data and is removed by the next attempt.
 
 Every download runs under ``source.timeout_s``: a connection that receives nothing for that
-long fails it, whichever client opened the connection (``network_timeout``).
+long fails it, whichever client opened the connection (``network_timeout``). An archive URL
+that trickles in (less than ``source.min_bytes_per_s`` over ``source.timeout_s``) fails too,
+and an archive that would expand to more than ``source.max_expansion`` times its size, or
+more than the free disk, is refused before anything is extracted.
+
+URLs are logged and recorded only through ``redact_url``: passwords and signatures stay out
+of logs, markers and tracking.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -28,14 +35,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from ..console import Progress, format_seconds
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
 DEFAULT_TIMEOUT_S = 60.0  # SourceConfig.timeout_s's default
+DEFAULT_MIN_BYTES_PER_S = 1024.0  # SourceConfig.min_bytes_per_s's default
+DEFAULT_MAX_EXPANSION = 100.0  # SourceConfig.max_expansion's default
 PROGRESS_EVERY_S = 10.0  # without a terminal, a progress line this often
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 16  # read1 returns what has arrived, up to this: progress moves as bytes come
 USER_AGENT = "vision-pipelines"
 
 
@@ -49,12 +60,35 @@ class MissingCredentialsError(DownloadError):
 
 def atomic_download(target: Path, fill: Callable[[Path], None], what: str,
                     timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
-    """Run ``fill(staging_dir)`` once for ``target``; later calls return the finished folder."""
+    """Run ``fill(staging_dir)`` once for ``target``; later calls return the finished folder.
+
+    ``<target>.lock`` is held throughout: a second download of the same target (two datasets
+    with one source, two runs) waits for the first and then uses what it downloaded, and the
+    leftovers of an interrupted download are removed only while no one else is downloading.
+    """
     target = Path(target)
+    what = redact_url(what)
     if (target / COMPLETE_MARKER).is_file():
         log.info("%s already downloaded in %s: not downloading again", what, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(target.with_name(f"{target.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another download of %s into %s to finish", what, target)
+        lock.acquire()  # the other download is bounded by its own timeouts
+    try:
+        if (target / COMPLETE_MARKER).is_file():
+            log.info("%s was downloaded into %s meanwhile: using it", what, target)
+            return target
+        return _download_into(target, fill, what, timeout_s)
+    finally:
+        lock.release()
+
+
+def _download_into(target: Path, fill: Callable[[Path], None], what: str, timeout_s: float) -> Path:
+    """``atomic_download``'s work, with ``target``'s lock held."""
     for leftover in target.parent.glob(f"{target.name}.partial-*"):
         log.warning("removing %s left by an interrupted download", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
@@ -72,7 +106,7 @@ def atomic_download(target: Path, fill: Callable[[Path], None], what: str,
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise
         cause = (f"nothing received for {timeout_s:g} s (source.timeout_s)" if _timed_out(error)
-                 else f"{type(error).__name__}: {error}")
+                 else f"{type(error).__name__}: {redact_url(str(error))}")
         raise DownloadError(f"downloading {what} failed ({cause}); nothing was kept, "
                             f"{target} is unchanged") from error
     (staging / COMPLETE_MARKER).write_text(json.dumps({"source": what, "seconds": time.time() - started}))
@@ -81,6 +115,23 @@ def atomic_download(target: Path, fill: Callable[[Path], None], what: str,
     os.replace(staging, target)
     log.info("downloaded %s to %s in %s", what, target, format_seconds(time.time() - started))
     return target
+
+
+URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the secrets of every URL in it hidden: the user and password
+    (``http://***@host/...``) and the query's values (``?X-Amz-Signature=***``); a signed or
+    password-protected URL is logged, recorded and tracked only this way."""
+
+    def redact(match: re.Match) -> str:
+        parts = urllib.parse.urlsplit(match.group(0))
+        netloc = f"***@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
+        query = "&".join(f"{pair.split('=', 1)[0]}=***" for pair in parts.query.split("&") if pair)
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+    return URL.sub(redact, text)
 
 
 @contextmanager
@@ -175,14 +226,15 @@ def download_kaggle(dataset: str, downloads: Path, api_factory: Callable = _kagg
 
 
 def download_kaggle_competition(competition: str, downloads: Path, api_factory: Callable = _kaggle_api,
-                                timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+                                timeout_s: float = DEFAULT_TIMEOUT_S,
+                                max_expansion: float = DEFAULT_MAX_EXPANSION) -> Path:
     """Download and extract a Kaggle competition's files into ``downloads/kaggle_competition__<name>``
     (its rules must have been accepted on kaggle.com)."""
     target = Path(downloads) / f"kaggle_competition__{competition}"
 
     def fill(staging: Path) -> None:
         _kaggle_client(api_factory).competition_download_files(competition, path=str(staging), quiet=False)
-        _extract_archives(staging)
+        _extract_archives(staging, max_expansion)
 
     return atomic_download(target, fill, f"Kaggle competition {competition}", timeout_s)
 
@@ -194,7 +246,8 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz")
 
 
 def download_url(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 api_factory: Callable = _kaggle_api) -> Path:
+                 api_factory: Callable = _kaggle_api, min_bytes_per_s: float = DEFAULT_MIN_BYTES_PER_S,
+                 max_expansion: float = DEFAULT_MAX_EXPANSION) -> Path:
     """``source.kind: url``: a Kaggle dataset or competition page, a Google Drive file link, or
     the URL of a zip or tar archive, told apart as ``opendatasets`` tells them apart.
 
@@ -210,63 +263,88 @@ def download_url(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S
         try:
             owner, slug = get_kaggle_dataset_id(url).split("/")
         except AssertionError:
-            raise DownloadError(f"source.url={url}: not a Kaggle dataset or competition URL (expected "
+            raise DownloadError(f"source.url={redact_url(url)}: not a Kaggle dataset or competition URL (expected "
                                 "kaggle.com/datasets/<owner>/<slug> or kaggle.com/competitions/<name>)") from None
         if owner in ("c", "competitions"):
-            return download_kaggle_competition(slug, downloads, api_factory, timeout_s)
+            return download_kaggle_competition(slug, downloads, api_factory, timeout_s, max_expansion)
         return download_kaggle(f"{owner}/{slug}", downloads, api_factory, timeout_s)
     if is_google_drive_url(url):
-        return download_google_drive(url, downloads, timeout_s)
-    if is_url(url):
-        return download_archive(url, downloads, timeout_s)
-    raise DownloadError(f"source.url={url!r} is not a Kaggle, Google Drive, http(s) or ftp URL")
+        return download_google_drive(url, downloads, timeout_s, max_expansion)
+    if is_url(_without_userinfo(url)):
+        return download_archive(url, downloads, timeout_s, min_bytes_per_s, max_expansion)
+    raise DownloadError(f"source.url={redact_url(url)!r} is not a Kaggle, Google Drive, http(s) or ftp URL")
 
 
-def download_google_drive(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+def download_google_drive(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S,
+                          max_expansion: float = DEFAULT_MAX_EXPANSION) -> Path:
     """A zip or tar archive shared on Google Drive, extracted into ``downloads/gdrive__<file id>``."""
     from opendatasets.utils.googledrive import download_file_from_google_drive
 
     match = GOOGLE_DRIVE_ID.search(url)
     if not match:
-        raise DownloadError(f"source.url={url}: a Google Drive link must name a file "
+        raise DownloadError(f"source.url={redact_url(url)}: a Google Drive link must name a file "
                             "(drive.google.com/file/d/<id>/... or ...?id=<id>)")
     file_id = match.group(1) or match.group(2)
 
     def fill(staging: Path) -> None:
         download_file_from_google_drive(file_id, str(staging))
-        _extract_archives(staging)
+        _extract_archives(staging, max_expansion)
 
     return atomic_download(Path(downloads) / f"gdrive__{file_id}", fill, url, timeout_s)
 
 
-def download_archive(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+def download_archive(url: str, downloads: Path, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     min_bytes_per_s: float = DEFAULT_MIN_BYTES_PER_S,
+                     max_expansion: float = DEFAULT_MAX_EXPANSION) -> Path:
     """The zip or tar archive at ``url``, extracted into ``downloads/url__<name>-<hash of url>``."""
 
     def fill(staging: Path) -> None:
-        _fetch_file(url, staging, timeout_s)
-        _extract_archives(staging)
+        _fetch_file(url, staging, timeout_s, min_bytes_per_s)
+        _extract_archives(staging, max_expansion)
 
     return atomic_download(Path(downloads) / _url_folder(url), fill, url, timeout_s)
 
 
-def _fetch_file(url: str, folder: Path, timeout_s: float) -> Path:
-    """Stream ``url`` into ``folder``, showing progress; a short read is an error, not a file."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+def _fetch_file(url: str, folder: Path, timeout_s: float, min_bytes_per_s: float = DEFAULT_MIN_BYTES_PER_S) -> Path:
+    """Stream ``url`` into ``folder``, showing progress as bytes arrive; a short read is an error,
+    not a file, and so is a trickle: less than ``min_bytes_per_s`` on average over any
+    ``timeout_s`` (a server sending a byte now and then never trips the socket's timeout)."""
+    shown = redact_url(url)
+    parts, headers = urllib.parse.urlsplit(url), {"User-Agent": USER_AGENT}
+    if "@" in parts.netloc:  # http://user:password@host/...: urllib would take it all for the host name
+        user = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+        url = _without_userinfo(url)
+    request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         path = folder / _file_name(response.headers.get_filename() or urllib.parse.urlparse(response.url).path)
         total = response.length  # None when the server does not say
         progress = Progress(total, f"downloading {path.name}", unit="B", every_s=PROGRESS_EVERY_S)
+        window_start, window_bytes = time.monotonic(), 0
         try:
             with open(path, "wb") as file:
-                while chunk := response.read(CHUNK_BYTES):
+                while chunk := response.read1(CHUNK_BYTES):
                     file.write(chunk)
                     progress.update(len(chunk))
+                    window_bytes += len(chunk)
+                    if time.monotonic() - window_start >= timeout_s:
+                        if window_bytes < min_bytes_per_s * timeout_s:
+                            raise DownloadError(
+                                f"{shown}: {window_bytes:,} bytes in the last {timeout_s:g} s, slower than "
+                                f"source.min_bytes_per_s={min_bytes_per_s:g} (over source.timeout_s)")
+                        window_start, window_bytes = time.monotonic(), 0
         finally:
             progress.close()
     if total is not None and progress.done < total:
-        raise DownloadError(f"{url}: the connection closed after {progress.done:,} of {total:,} bytes")
-    log.info("received %s: %s bytes", url, f"{progress.done:,}")
+        raise DownloadError(f"{shown}: the connection closed after {progress.done:,} of {total:,} bytes")
+    log.info("received %s: %s bytes", shown, f"{progress.done:,}")
     return path
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 def _file_name(name: str) -> str:
@@ -282,12 +360,13 @@ def _url_folder(url: str) -> str:
     return f"url__{stem[:60] or 'download'}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
 
 
-def _extract_archives(folder: Path) -> None:
+def _extract_archives(folder: Path, max_expansion: float = DEFAULT_MAX_EXPANSION) -> None:
     """Extract each zip or tar archive in ``folder`` in place, and delete it; none is an error."""
     archives = [p for p in sorted(folder.iterdir()) if p.is_file() and (zipfile.is_zipfile(p) or tarfile.is_tarfile(p))]
     if not archives:
         raise DownloadError(f"the download holds no zip or tar archive ({[p.name for p in folder.iterdir()]})")
     for archive in archives:
+        _check_expanded_size(archive, max_expansion)
         log.info("extracting %s", archive.name)
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as members:
@@ -298,6 +377,27 @@ def _extract_archives(folder: Path) -> None:
             with tarfile.open(archive) as members:
                 members.extractall(folder, filter="data")  # refuses links and paths leading outside
         archive.unlink()
+
+
+def _check_expanded_size(archive: Path, max_expansion: float) -> None:
+    """Refuse, before extracting, an archive that would fill the disk or expands suspiciously
+    (a zip bomb): more than the free space, or more than ``max_expansion`` times its own size.
+    A zip member never extracts to more than its declared size (zipfile stops there)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as members:
+            expanded = sum(member.file_size for member in members.infolist())
+    else:
+        with tarfile.open(archive) as members:
+            expanded = sum(member.size for member in members.getmembers())
+    size, free = archive.stat().st_size, shutil.disk_usage(archive.parent).free
+    if expanded > free:
+        raise DownloadError(f"{archive.name} would expand to {expanded:,} bytes, more than the {free:,} bytes "
+                            f"free in {archive.parent.parent}: make room, or put data/01_raw on a larger disk")
+    if expanded > max_expansion * max(size, 1):
+        raise DownloadError(f"{archive.name} ({size:,} bytes) would expand to {expanded:,} bytes, "
+                            f"{expanded / max(size, 1):,.0f} times its size, more than "
+                            f"source.max_expansion={max_expansion:g}: refused as a likely zip bomb (raise "
+                            "source.max_expansion if you trust this archive)")
 
 
 # --- torchvision -----------------------------------------------------------------------------

@@ -289,12 +289,12 @@ def scan_csv(root: Path, source: SourceConfig) -> Scan:
     """``train.csv`` (id,label) beside ``train/<id>.png``; optional unlabelled ``test.csv``."""
     rows, skipped = [], []
     class_names = list(source.class_names or [])
-    train_csv = _find_one(root, source.train_csv)
+    train_csv = find_one(root, source.train_csv)
     labels = _read_csv_rows(train_csv, root, source, "train", class_names, rows, skipped)
     if not class_names:
         class_names = sorted(labels, key=_label_order)
     if source.test_csv:
-        _read_csv_rows(_find_one(root, source.test_csv), root, source, "predict", class_names,
+        _read_csv_rows(find_one(root, source.test_csv), root, source, "predict", class_names,
                        rows, skipped)
     return Scan(_frame(rows, COLUMNS), _frame(skipped, SKIPPED_COLUMNS), class_names)
 
@@ -390,8 +390,10 @@ def _csv_label(raw: str, class_names: list[str]) -> str | None:
     return None
 
 
-def _find_one(root: Path, pattern: str) -> Path:
-    """The file matching ``pattern`` at the root or one level below, never through a link to a folder."""
+def find_one(root: Path, pattern: str) -> Path:
+    """The file matching ``pattern`` at the root or one level below, inside the dataset: never
+    through a link to a folder, nor a link to a file outside ``root``."""
+    root = Path(root).resolve()
     matches = [m for m in sorted(root.glob(pattern)) if _within(root, m)] or \
         [m for m in sorted(root.glob(f"*/{pattern}")) if _within(root, m)]
     if not matches:

@@ -34,6 +34,7 @@ from ...config import (
 )
 from ...loader import Loader
 from ...model_card import make_card, read_card
+from ...sources.layouts import find_one
 
 log = logging.getLogger(__name__)
 
@@ -309,10 +310,12 @@ def make_submission(predictions: pd.DataFrame, manifest: pd.DataFrame, raw_image
 
 
 def _fill_template(root: Path, submission: SubmissionConfig, table: pd.DataFrame) -> pd.DataFrame:
-    matches = sorted(root.glob(submission.template)) or sorted(root.glob(f"*/{submission.template}"))
-    if not matches:
-        raise FileNotFoundError(f"submission.template={submission.template!r}: no such file under {root}")
-    template = pd.read_csv(matches[0], dtype=str, keep_default_na=False)
+    try:  # the lookup the layouts use: a link leading out of the dataset is never followed
+        found = find_one(root, submission.template)
+    except sources.LayoutError:
+        raise FileNotFoundError(f"submission.template={submission.template!r}: no such file under {root} "
+                                "(links leading outside the dataset are not followed)") from None
+    template = pd.read_csv(found, dtype=str, keep_default_na=False)
     if submission.id_column not in template.columns:
         raise ValueError(f"sample submission {submission.template} has no column {submission.id_column!r}")
     by_id = table.set_index(submission.id_column)[submission.label_column]
