@@ -168,9 +168,10 @@ def write_synthetic(folder: Path, count: int, settings: dict[str, Any], classes:
 
     save = cache_module._save_array
 
-    def save_then_drop(path: Path, array: np.ndarray) -> None:
-        save(path, array)
+    def save_then_drop(path: Path, array: np.ndarray) -> str:
+        checksum = save(path, array)
         drop_from_page_cache(path)
+        return checksum
 
     started = time.perf_counter()
     with mock.patch.object(cache_module, "decode_all", decode_all), \

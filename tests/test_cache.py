@@ -1,9 +1,12 @@
 """The image cache (src/vision_pipelines/cache.py): written shard by shard, committed by its index,
-so a build killed at any moment leaves the previous cache whole; read whole or streamed."""
+so a build killed at any moment leaves the previous cache whole; reused while what it was built
+from is unchanged; checked against its checksums when read; read whole or streamed."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 import pickle
 import shutil
@@ -17,9 +20,10 @@ import pytest
 import torch
 
 from conftest import FOLDERS_SOURCE, IMAGES, SPLIT, make_class_folders, make_folders_dataset, write_cache
+from vision_pipelines import cache as cache_module
 from vision_pipelines.cache import CacheError, ImageCache, ShardedImages
 from vision_pipelines.cache import write_cache as write_shards
-from vision_pipelines.config import ImageConfig
+from vision_pipelines.config import ImageConfig, SplitConfig
 from vision_pipelines.pipelines.image_classification import nodes
 
 
@@ -28,9 +32,17 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folders_dataset(tmp_path_factory.mktemp("raw"), train=20, test=4)
 
 
-def build(raw: Path, images: ImageConfig = IMAGES):
-    manifest, classes = nodes.build_manifest(raw, FOLDERS_SOURCE, SPLIT)
+def build(raw: Path, images: ImageConfig = IMAGES, split: SplitConfig = SPLIT):
+    manifest, classes = nodes.build_manifest(raw, FOLDERS_SOURCE, split)
     return nodes.build_image_cache(raw, manifest, classes, images)
+
+
+ONE_WORKER = dataclasses.replace(IMAGES, decode_workers=1)  # no process pool to start: quicker on 72 images
+
+
+def files_of(folder: Path) -> dict[str, int]:
+    """The cache's files and their modification times: what a rebuild would change."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
 def test_shards_hold_the_subset_in_order_and_stream_as_they_read_whole(raw: Path, tmp_path: Path) -> None:
@@ -93,9 +105,10 @@ from vision_pipelines.config import SourceConfig, SplitConfig, ImageConfig
 
 save = cache._save_array
 def slow_save(path, array):  # as on a slow disk: time to be killed half-way
-    save(path, array)
+    checksum = save(path, array)
     print("wrote", path.name, flush=True)
     time.sleep(0.5)
+    return checksum
 cache._save_array = slow_save
 if __name__ == "__main__":  # the decode workers are spawned: they import this file
     raw = Path(sys.argv[1])
@@ -138,3 +151,142 @@ def test_streamed_subset_reads_one_window_of_shards_at_a_time(tmp_path: Path) ->
     in_order = list(stream.chunks(None))
     assert [images[0, 0, 0, 0].item() for images, _, _ in in_order] == list(range(6))
     assert os.path.getsize(paths[0]) < 1000
+
+
+# --- reused while what it was built from is unchanged --------------------------------------------
+
+
+def test_a_cache_built_from_the_same_files_and_settings_is_reused_without_decoding(
+        raw: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "cache"
+    first = write_cache(build(raw, ONE_WORKER), folder)
+    before = files_of(folder)
+    monkeypatch.setattr(cache_module, "decode_all", lambda *args, **kwargs: pytest.fail("decoded again"))
+    caplog.set_level(logging.INFO, logger="vision_pipelines.cache")
+    again = write_cache(build(raw, ONE_WORKER), folder)
+    assert "image cache up to date (72 images)" in caplog.text
+    assert files_of(folder) == before  # same files, untouched
+    assert again.fingerprint == first.fingerprint
+
+
+def edit_an_image_in_place(raw: Path) -> None:
+    make_class_folders(raw / "Training", ["apple"], 1, start_seed=777)  # apple/0.jpg, other pixels
+
+
+@pytest.mark.parametrize("change", ["an image edited in place", "images.size", "images.shard_mb", "split.seed"])
+def test_a_changed_image_or_image_setting_or_split_rebuilds_the_cache(change: str, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    raw = make_folders_dataset(tmp_path / "raw", train=20, test=4)
+    folder = tmp_path / "cache"
+    first = write_cache(build(raw, ONE_WORKER), folder)
+    before = files_of(folder)
+    images, split = ONE_WORKER, SPLIT
+    if change == "an image edited in place":
+        edit_an_image_in_place(raw)
+    elif change == "split.seed":
+        split = dataclasses.replace(SPLIT, seed=SPLIT.seed + 1)
+    else:
+        images = dataclasses.replace(ONE_WORKER, **{change.split(".")[1]: {"images.size": 12,
+                                                                            "images.shard_mb": 0.01}[change]})
+    caplog.set_level(logging.INFO, logger="vision_pipelines.cache")
+    second = write_cache(build(raw, images, split), folder)
+    assert "decoding 72 images" in caplog.text and "up to date" not in caplog.text
+    assert not set(before) & set(files_of(folder)) - {"index.json"}  # every file written anew
+    assert (second.fingerprint != first.fingerprint) == (change in ("an image edited in place", "images.size",
+                                                                     "split.seed"))
+
+
+# --- a damaged cache: an error naming the file and the way out; the next build rebuilds it ------
+
+
+def read_everything(folder: Path) -> None:
+    """What training, evaluation and the data report read of a cache."""
+    cache = ImageCache(folder)
+    assert len(cache.decoded) == 72
+    for subset in ("train", "val", "test"):
+        assert len(cache.labels(subset)) == len(cache.rows(subset)) == len(cache.images(subset))
+
+
+def _shard(index: dict, subset: str = "test") -> str:
+    return index["subsets"][subset]["shards"][0]["file"]
+
+
+def _edit_index(folder: Path, edit) -> None:
+    index = json.loads((folder / "index.json").read_text())
+    edit(index)
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def _rot(path: Path) -> None:
+    """Bit rot: the shard's pixels permuted, its size and modification time as they were."""
+    stat = path.stat()
+    array = np.load(path)
+    np.save(path, np.ascontiguousarray(array.reshape(-1)[::-1].reshape(array.shape)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def _link_out(folder: Path, name: str, outside: Path) -> None:
+    shutil.copy(folder / name, outside / name)
+    (folder / name).unlink()
+    (folder / name).symlink_to(outside / name)
+
+
+DAMAGE = {  # what is done to a committed cache -> what the error says (after the file's name)
+    "pixels rotted": (lambda folder, index, outside: _rot(folder / _shard(index)), "is damaged: its content does "
+                      "not match the checksum"),
+    "shard truncated": (lambda folder, index, outside: os.truncate(folder / _shard(index), 100), "is damaged"),
+    "shard missing": (lambda folder, index, outside: (folder / _shard(index)).unlink(), "is missing"),
+    "shard count wrong": (lambda folder, index, outside: _edit_index(
+        folder, lambda i: i["subsets"]["test"]["shards"][0].update(count=11)), r"holds uint8 \(12, 3, 16, 16\) "
+        r"where the image cache's index.json says uint8 \(11, 3, 16, 16\)"),
+    "labels rewritten": (lambda folder, index, outside: np.save(folder / index["subsets"]["test"]["labels"],
+                                                                np.full(12, 7)), "is damaged"),
+    "a class dropped from the index": (lambda folder, index, outside: _edit_index(
+        folder, lambda i: i.update(class_names=i["class_names"][:2])), "holds class 2, but the cache's index.json "
+        "lists 2 classes"),
+    "index not JSON": (lambda folder, index, outside: (folder / "index.json").write_text('{"subsets": {'),
+                       "is unreadable"),
+    "index without its subsets": (lambda folder, index, outside: _edit_index(folder, lambda i: i.pop("subsets")),
+                                  "is incomplete \\(no 'subsets'\\)"),
+    "absolute path in the index": (lambda folder, index, outside: _edit_index(folder, lambda i: (
+        i["subsets"]["test"].update(rows=str(outside / "rows.npy")),
+        i["checksums"].update({str(outside / "rows.npy"): "0"}))), "which is not a file of the cache's folder"),
+    "path with .. in the index": (lambda folder, index, outside: _edit_index(folder, lambda i: (
+        i["subsets"]["test"].update(rows="../outside/rows.npy"),
+        i["checksums"].update({"../outside/rows.npy": "0"}))), "which is not a file of the cache's folder"),
+    "link out of the cache": (lambda folder, index, outside: _link_out(folder, _shard(index), outside),
+                              "which is not a file of the cache's folder"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_cache_is_refused_naming_the_file_and_rebuilt_by_the_next_build(damage: str, raw: Path,
+                                                                                  tmp_path: Path) -> None:
+    folder, outside = tmp_path / "cache", tmp_path / "outside"
+    outside.mkdir()
+    np.save(outside / "rows.npy", np.arange(12))  # a file outside the cache, which must never be read
+    first = write_cache(build(raw, ONE_WORKER), folder)
+    test_images = first.images("test")
+    do, message = DAMAGE[damage]
+    do(folder, first.index, outside)
+    with pytest.raises(CacheError, match=rf"(index.json|{_shard(first.index)}|-labels.npy)\W.*{message}.*"
+                                         r"--tags=cache.*a rerun rebuilds a damaged cache") as error:
+        read_everything(folder)
+    assert str(folder) in str(error.value)
+    again = write_cache(build(raw, ONE_WORKER), folder)
+    again.verify()
+    assert again.fingerprint == first.fingerprint
+    assert torch.equal(again.images("test"), test_images)
+    left_outside = ["rows.npy", *([_shard(first.index)] if "link" in damage else [])]
+    assert sorted(p.name for p in outside.iterdir()) == sorted(left_outside)  # never deleted either
+
+
+def test_a_damaged_shard_is_refused_when_training_reads_it(raw: Path, tmp_path: Path) -> None:
+    """Streamed shards are checked as they are first read, once per process."""
+    cache = write_cache(build(raw, dataclasses.replace(ONE_WORKER, shard_mb=16 * 16 * 3 * 10 / 2 ** 20)),
+                        tmp_path / "cache")
+    stream = cache.stream("train")
+    assert len(list(stream.chunks(None))) == 5  # read, and checked, once
+    _rot(stream.paths[3])
+    with pytest.raises(CacheError, match=f"{stream.paths[3].name} is damaged"):
+        list(stream.chunks(None))

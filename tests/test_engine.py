@@ -145,3 +145,52 @@ def test_deterministic_option_forces_deterministic_kernels(monkeypatch: pytest.M
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("world, remainder", [(1, 0), (1, 1), (2, 0), (2, 1), (2, 3)])
+def test_the_one_cycle_schedule_ends_annealed_on_the_last_step_taken(world: int, remainder: int) -> None:
+    """Whatever ``n_train % batch_size`` (0, 1, 2 * world - 1), the schedule is sized for the steps
+    taken, last batches too small for batch norm (under 2 per process) dropped included."""
+    n = 3 * 8 + remainder
+    train = Loader.create(MemoryImages(IMAGES[:n]), LABELS[:n], [0.5] * 3, [0.5] * 3, 8,
+                          ComputeConfig(device="cpu"), world_size=world)  # rank 0 of ``world``
+    config = TrainConfig(epochs=2, batch_size=8)
+    result = engine.fit(ResNet9(3, 4, width=4), train, loader(), config)
+    assert len(result.steps) == 2 * (3 + (remainder >= 2 * world))
+    final = config.max_lr / 25 / 1e4  # OneCycleLR's initial lr (max_lr / div_factor) / final_div_factor
+    assert result.steps["lr"].iloc[-1] == pytest.approx(final, rel=1e-6)
+
+
+@pytest.mark.parametrize("world, images", [(1, 1), (2, 3)])
+def test_a_training_set_too_small_for_one_batch_says_so(world: int, images: int) -> None:
+    train = Loader.create(MemoryImages(IMAGES[:images]), LABELS[:images], [0.5] * 3, [0.5] * 3, 8,
+                          ComputeConfig(device="cpu"), world_size=world)
+    with pytest.raises(ValueError, match=f"{images} training image\\(s\\) make no training batch: batch norm "
+                                         f"needs at least {2 * world}"):
+        engine.fit(ResNet9(3, 4, width=4), train, loader(), TrainConfig(epochs=2, batch_size=8))
+
+
+def test_a_diverging_run_stops_before_saving_naming_the_learning_rate(tmp_path: Path) -> None:
+    """max_lr=1e5: the loss explodes in the first epoch; no checkpoint is written."""
+    engine.seed_everything(0)
+    checkpoint = engine.CheckpointSaver(tmp_path / "checkpoint.pt", "run")
+    with pytest.raises(engine.TrainingDiverged, match=r"training diverged in epoch 1: train loss .* lower "
+                                                      r"train.max_lr \(now 100000\)"):
+        engine.fit(ResNet9(3, 4, width=4), loader(), loader(), TrainConfig(epochs=2, batch_size=8, max_lr=1e5),
+                   checkpoint)
+    assert not checkpoint.path.exists()
+
+
+@pytest.mark.parametrize("train_loss, val_loss, validated, diverged", [
+    (2.0, 1.5, True, False), (2.0, float("nan"), False, False),  # no validation images: NaN is no sign
+    (float("nan"), 1.5, True, True), (float("inf"), 1.5, True, True), (1.7e3 + 1, 1.5, True, True),
+    (2.0, float("nan"), True, True), (2.0, float("inf"), True, True),
+])
+def test_divergence_is_a_non_finite_loss_or_one_a_thousand_times_the_first(
+        train_loss: float, val_loss: float, validated: bool, diverged: bool) -> None:
+    row = {"epoch": 2, "train_loss": train_loss, "val_loss": val_loss}
+    if diverged:
+        with pytest.raises(engine.TrainingDiverged, match="train.max_lr"):
+            engine.stop_if_diverged(row, 1.7, TrainConfig(), validated)
+    else:
+        engine.stop_if_diverged(row, 1.7, TrainConfig(), validated)

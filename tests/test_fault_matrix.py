@@ -1,11 +1,13 @@
 """The fault matrix: each fault gives a clear error or a counted skip, and nothing already
 produced is lost: bad files, odd image modes, odd class folders, too few images, missing Kaggle
 credentials, a download cut off half-way, invalid parameters, an unwritable output folder,
-tampered or mismatched model files, artifacts of different runs paired, concurrent runs, and
-runs interrupted (Ctrl-C, SIGTERM, SIGKILL) at any stage.
+tampered or mismatched model files, a damaged or tampered image cache, a diverging training,
+artifacts of different runs paired, concurrent runs, and runs interrupted (Ctrl-C, SIGTERM,
+SIGKILL) at any stage.
 
 (tests/test_downloads.py and tests/test_sources.py cover downloads and layouts in more detail;
-tests/test_cache.py a cache build killed half-way, tests/test_datasets.py a full disk.)"""
+tests/test_cache.py a cache build killed half-way and every kind of damaged cache,
+tests/test_datasets.py a full disk.)"""
 
 from __future__ import annotations
 
@@ -48,7 +50,9 @@ from conftest import (
     run_kedro,
     write_cache,
 )
+from vision_pipelines.cache import CacheError
 from vision_pipelines.config import ConfigError, EvaluateConfig, SubmissionConfig
+from vision_pipelines.engine import TrainingDiverged
 from vision_pipelines.images import decode_image
 from vision_pipelines.lineage import LineageError
 from vision_pipelines.model_card import ModelCardError
@@ -434,6 +438,66 @@ def test_cifar_layout_with_repeated_file_stems_gets_unique_submission_ids(kedro_
     assert len(submission) == 9 and submission["id"].is_unique
     report = json.loads((kedro_project / "data/08_reporting/cifar10/data_report.json").read_text())
     assert any("submission ids from id_from='stem' repeat" in w for w in report["warnings"])
+
+
+# --- a damaged image cache is refused naming the file; the same command then rebuilds it -----
+
+
+def _rot_a_test_shard(folder: Path, index: dict, outside: Path) -> str:
+    """Bit rot: a test shard's pixels permuted, its size and modification time as they were."""
+    shard = folder / index["subsets"]["test"]["shards"][0]["file"]
+    stat, array = shard.stat(), np.load(shard)
+    np.save(shard, np.ascontiguousarray(array.reshape(-1)[::-1].reshape(array.shape)))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return f"{shard.name} is damaged: its content does not match the checksum"
+
+
+def _point_the_index_outside(folder: Path, index: dict, outside: Path) -> str:
+    """The test rows read from another folder (a file there that must never be read)."""
+    np.save(outside / "rows.npy", np.zeros(index["subsets"]["test"]["count"], dtype=np.int64))
+    index["subsets"]["test"]["rows"] = str(outside / "rows.npy")
+    index["checksums"][str(outside / "rows.npy")] = "whatever"
+    (folder / "index.json").write_text(json.dumps(index))
+    return f"index.json names '{outside / 'rows.npy'}', which is not a file of the cache's folder"
+
+
+def _garble_the_index(folder: Path, index: dict, outside: Path) -> str:
+    (folder / "index.json").write_text('{"format_version": 2, "subsets": {"train"')
+    return "index.json is unreadable"
+
+
+@pytest.mark.parametrize("damage", [_rot_a_test_shard, _point_the_index_outside, _garble_the_index],
+                         ids=["bit rot in a shard", "index pointing outside the cache", "index not JSON"])
+def test_a_damaged_image_cache_is_refused_naming_the_file_and_the_same_command_rebuilds_it(
+        damage, finished_run, tmp_path: Path) -> None:
+    project, params = finished_run
+    metrics = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
+    folder = project / "data/05_model_input/fruits/image_cache"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    message = damage(folder, json.loads((folder / "index.json").read_text()), outside)
+    # (a cache whose index is refused fails as it is loaded: Kedro wraps the error in a DatasetError)
+    with pytest.raises((CacheError, DatasetError), match=f"{message}.*--tags=cache.*a rerun rebuilds a damaged cache"):
+        run_kedro(project, "fruits", params, tags=["evaluate"])
+    run_kedro(project, "fruits", params)  # the cache rebuilt; the finished training returns at once
+    again = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
+    assert again["accuracy"] == metrics["accuracy"] and again["model"] == metrics["model"]
+    assert [p.name for p in outside.iterdir()] == (["rows.npy"] if "outside" in damage.__name__ else [])
+
+
+# --- a diverging training stops before saving anything ----------------------------------------
+
+
+def test_a_diverging_training_stops_naming_the_learning_rate_and_saves_no_model(finished_run) -> None:
+    project, params = finished_run
+    trained = {name: value for name, value in snapshot(project).items()
+               if any(part in name for part in ("06_models", "07_model_output", "training_", "metrics"))}
+    with pytest.raises(TrainingDiverged, match=r"training diverged in epoch \d: train loss .* lower train.max_lr "
+                                               r"\(now 100000\)"):
+        run_kedro(project, "fruits", {**params, "fruits.train.max_lr": 1e5})
+    after = snapshot(project)
+    assert {name: after.get(name) for name in trained} == trained  # the previous model is still the latest
+    assert not {name for name in after.keys() - trained.keys() if "06_models" in name or "training_" in name}
 
 
 # --- data that cannot train stops before training, with the data report written --------------

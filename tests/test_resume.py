@@ -1,6 +1,7 @@
 """Resume: a training run killed after an epoch and started again with the same command ends
 exactly where an uninterrupted run ends (on CPU); changed settings or data, or
-``train.resume=false``, start fresh and say why."""
+``train.resume=false``, start fresh and say why. A rerun decodes no image while the image cache
+is up to date."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from conftest import (
     FOLDERS_SOURCE,
     KEDRO,
     SPLIT,
+    fast_params,
     latest,
     make_class_folders,
     make_folders_dataset,
     make_project,
+    run_kedro,
     write_cache,
 )
 from vision_pipelines import engine
@@ -100,6 +103,48 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, dat
     pd.testing.assert_frame_equal(resumed_history, reference_history)
     weights = "data/06_models/fruits/model.safetensors"
     assert latest(project / weights).read_bytes() == latest(reference / weights).read_bytes()
+
+
+# --- a rerun redoes nothing that is up to date ------------------------------------------------
+
+
+@pytest.fixture
+def project_log(caplog: pytest.LogCaptureFixture):
+    """This project's log lines, whatever the logging configuration Kedro installs (its first
+    import would remove a handler attached before)."""
+    import kedro.framework.project  # noqa: F401
+
+    logger = logging.getLogger("vision_pipelines")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="vision_pipelines")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_a_rerun_decodes_nothing_until_an_image_an_image_setting_or_the_split_changes(
+        kedro_project: Path, tmp_path: Path, project_log: pytest.LogCaptureFixture) -> None:
+    images = make_folders_dataset(tmp_path / "images", ("a", "b", "c"), train=8, test=2)
+    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(images), "train.epochs": 1})
+    run_kedro(kedro_project, "fruits", params)
+    folder = kedro_project / "data/05_model_input/fruits/image_cache"
+    built = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    project_log.clear()
+    run_kedro(kedro_project, "fruits", params)  # the same command again
+    assert "image cache up to date (30 images)" in project_log.text and "decoding" not in project_log.text
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == built  # not a file touched
+    assert "after epoch 1 of 1" in project_log.text  # and the finished training returned at once
+
+    changes = {"an image edited in place": lambda: make_class_folders(images / "Training", ["a"], 1, start_seed=9),
+               "images.size": lambda: params.update({"fruits.images.size": 12}),
+               "split.seed": lambda: params.update({"fruits.split.seed": 7})}
+    for change, make in changes.items():
+        make()
+        project_log.clear()
+        run_kedro(kedro_project, "fruits", params, tags=["download", "split", "cache"])
+        assert "decoding 30 images" in project_log.text, change
+        assert not set(built) & {p.name for p in folder.iterdir()} - {"index.json"}, change  # all rebuilt
+        built = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
 # --- the engine itself, in-process: what starts fresh and what resumes ------------------------

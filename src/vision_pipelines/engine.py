@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 RUN_ONLY_SETTINGS = ("resume", "compile", "deterministic")
 CPU_WARNING_SECONDS = 1800  # a CPU run expected to take longer than this gets a warning
 RECENT_STEPS = 20  # the progress bar's loss and accuracy are over this many recent batches
+# An epoch whose mean train loss is not finite, or this many times the first step's loss (about
+# ln(classes) at initialisation), has diverged: the run stops before saving anything.
+DIVERGENCE_FACTOR = 1e3
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss exploded or became NaN; the message names the setting to lower."""
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -299,9 +306,14 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
     after each epoch; resumes from ``checkpoint`` and saves to it every epoch."""
     started = time.time()
     rank, world = rank_and_world()
-    total_steps = config.epochs * len(train)
-    step = TrainStep(network, config, train, total_steps)
     train.generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
+    # Counted once the generator is set: a training loader drops a last batch too small for
+    # batch norm, so the schedule ends exactly on the last step taken.
+    total_steps = config.epochs * len(train)
+    if total_steps == 0:
+        raise ValueError(f"{len(train.labels)} training image(s) make no training batch: batch norm needs at "
+                         f"least {2 * train.world_size} (2 per process); see the data report")
+    step = TrainStep(network, config, train, total_steps)
     checkpoint = checkpoint or CheckpointSaver(None, "")
     state = checkpoint.restore(step, train.generator, config)
     eta = EtaReport(total_steps - len(state.steps), train.device) if rank == 0 and state.epoch < config.epochs else None
@@ -312,6 +324,7 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
             _share_buffers(step.network)
             row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
             row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
+            stop_if_diverged(row, state.steps[0]["loss"], config, validated=len(val.labels) > 0)
             state.record(row, step.network, config.keep)
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
                      config.epochs, row["train_loss"], row["val_loss"], row["val_accuracy"], row["seconds"])
@@ -322,6 +335,20 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
     kept_epoch, weights = state.kept(step.network, config.keep)
     return TrainResult(weights, kept_epoch, pd.DataFrame(state.history), pd.DataFrame(state.steps),
                        str(train.device), train.precision, world, time.time() - started)
+
+
+def stop_if_diverged(row: dict, first_loss: float, config: TrainConfig, validated: bool) -> None:
+    """Raise ``TrainingDiverged`` when an epoch's mean train loss is not finite or has grown
+    ``DIVERGENCE_FACTOR`` times the run's first step loss, or its validation loss is not finite:
+    such weights are no model, and neither they nor a checkpoint of them may be saved. Checked
+    once an epoch, on figures ``train_one_epoch`` syncs anyway: no extra sync per step."""
+    train_loss, val_loss = row["train_loss"], row["val_loss"]
+    if train_loss <= DIVERGENCE_FACTOR * first_loss and (math.isfinite(val_loss) or not validated):
+        return  # (a NaN compares False: a NaN train loss or first loss does not return here)
+    raise TrainingDiverged(
+        f"training diverged in epoch {row['epoch']}: train loss {train_loss:.3g} (first step {first_loss:.3g}), "
+        f"validation loss {val_loss:.3g}. Neither the model nor this epoch's checkpoint was saved: lower "
+        f"train.max_lr (now {config.max_lr:g}) and run again")
 
 
 def _share_buffers(network: nn.Module) -> None:
@@ -440,8 +467,5 @@ def train(job: TrainingJob) -> TrainResult:
                  f" x {world} processes" if world > 1 else "", train_loader.precision, torch.get_num_threads(),
                  len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
                  job.train.epochs)
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train_loader.labels)} training image(s) make no training batch: batch "
-                         f"norm needs at least {2 * world} (2 per process); see the data report")
     checkpoint = CheckpointSaver(job.checkpoint_path, job.fingerprint, job.train.resume)
     return fit(network, train_loader, val_loader, job.train, checkpoint)
