@@ -267,6 +267,7 @@ def raised_before_any_node_ran(error: pytest.ExceptionInfo) -> bool:
     ("images.size", 40.5, "fruits.images.size must be an integer, got 40.5"),
     ("images.decode_workers", -1, "fruits.images.decode_workers must be a positive integer, got -1"),
     ("train.distributed.nproc_per_node", 0, "fruits.train.distributed.nproc_per_node must be a positive integer"),
+    ("split.seed", 2**70, r"fruits.split.seed must be in \[0, 2\*\*63\), got 1180591620717411303424"),
 ])
 def test_invalid_parameter_stops_the_run_before_any_work(finished_run, setting: str, value, message: str) -> None:
     project, params = finished_run
