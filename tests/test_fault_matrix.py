@@ -286,6 +286,20 @@ def test_params_for_a_dataset_that_does_not_exist_are_refused(finished_run) -> N
     assert snapshot(project) == before
 
 
+def test_a_dataset_named_like_another_s_predict_pipeline_is_refused_naming_its_file(finished_run) -> None:
+    """conf/base/parameters_fruits_predict.yml would replace fruits' predict pipeline in silence."""
+    project, params = finished_run
+    fruits_yml = (project / "conf/base/parameters_fruits.yml").read_text()
+    predict_yml = project / "conf/base/parameters_fruits_predict.yml"
+    predict_yml.write_text(fruits_yml.replace("fruits:", "fruits_predict:", 1))
+    before = snapshot(project)
+    with pytest.raises(ConfigError, match="parameters_fruits_predict.yml: the dataset name 'fruits_predict' is "
+                                          "taken by a pipeline of 'fruits'") as error:
+        run_kedro(project, "fruits_predict", {**params, "fruits.predict.input": params["fruits.source.path"]})
+    assert raised_before_any_node_ran(error)
+    assert snapshot(project) == before
+
+
 def test_unwritable_output_folder_stops_the_run_before_training(finished_run) -> None:
     project, params = finished_run
     reporting = project / "data/08_reporting/fruits"
