@@ -209,6 +209,22 @@ def test_class_names_with_spaces_unicode_and_dots_travel_end_to_end(kedro_projec
     assert "Training" not in submission and len(submission.splitlines()) == 7
 
 
+def test_class_names_too_long_for_mlflow_metric_names_still_leave_the_evaluation_logged(kedro_project: Path,
+                                                                                       tmp_path: Path) -> None:
+    """MLflow refuses a metric name over 250 characters, and with it the whole batch: fruits.accuracy
+    too. Two long names alike but for their ends must stay two metrics."""
+    mlflow = pytest.importorskip("mlflow")
+    root = dataset(tmp_path / "raw", classes=("L" * 230 + " apple", "L" * 230 + " kiwi", "lime"))
+    seed = 7240  # finds this run among the session's
+    run_kedro(kedro_project, "fruits", fast_params("fruits", **{"source.kind": "local", "source.path": str(root),
+                                                                "train.seed": seed}))
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("vision-pipelines")
+    (run,) = client.search_runs([experiment.experiment_id], f"params.`fruits.train.seed` = '{seed}'")
+    assert {"fruits.accuracy", "fruits.macro_f1"} <= set(run.data.metrics)
+    assert len([key for key in run.data.metrics if key.startswith("fruits.class_accuracy.")]) == 3
+
+
 # --- failures after a completed run: a clear error, and the earlier run's outputs untouched ----
 
 

@@ -169,7 +169,7 @@ class MlflowTrackingHook:
     def _log_evaluation(self, dataset: str, metrics: dict[str, Any]) -> None:
         """Accuracy, macro F1 and each class's accuracy (classes without images have none)."""
         values = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-        names = metric_names(list(metrics["per_class"]))
+        names = metric_names(list(metrics["per_class"]), prefix=f"{dataset}.class_accuracy.")
         values.update({f"class_accuracy.{names[name]}": scores["accuracy"]
                        for name, scores in metrics["per_class"].items() if scores["support"]})
         from mlflow.entities import Metric, RunTag
@@ -238,14 +238,22 @@ def flatten(settings: dict[str, Any], prefix: str) -> dict[str, Any]:
     return flat
 
 
-def metric_names(class_names: list[str]) -> dict[str, str]:
-    """A distinct MLflow metric name for each class: letters, digits, ``_ - .`` and spaces kept,
-    anything else (slashes, colons, dashes of other kinds) becomes ``_``."""
+MAX_KEY = 250  # MLflow refuses a longer metric name, and with it the whole batch (MAX_ENTITY_KEY_LENGTH)
+
+
+def metric_names(class_names: list[str], prefix: str = "") -> dict[str, str]:
+    """A distinct MLflow metric name for each class, within MLflow's length limit once ``prefix``
+    (``fruits.class_accuracy.``) is put before it: letters, digits, ``_ - .`` and spaces kept,
+    anything else (slashes, colons, dashes of other kinds) becomes ``_``; a longer name is cut,
+    and a name another class already has gets ``_2``, ``_3``, ..."""
+    room = MAX_KEY - len(prefix)
     names: dict[str, str] = {}
     for class_name in class_names:
-        name = re.sub(r"[^\w.\- ]", "_", class_name)
-        while name in names.values():  # "a:b" and "a/b" both read "a_b"
-            name += "_"
+        base = re.sub(r"[^\w.\- ]", "_", class_name)[:room]
+        name, repeat = base, 1
+        while name in names.values():  # "a:b" and "a/b" both read "a_b"; two long names cut alike
+            repeat += 1
+            name = base[:room - len(f"_{repeat}")] + f"_{repeat}"
         names[class_name] = name
     return names
 
