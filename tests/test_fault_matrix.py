@@ -517,6 +517,21 @@ def test_a_second_run_of_the_same_dataset_is_refused_naming_the_first(finished_r
     run_kedro(project, "fruits", params, tags=["evaluate"])  # and once the first is done, this one can run
 
 
+@pytest.mark.parametrize("record", [b"\xff\xfe\x00garbage", b"{\"pid\": 42", b"[1, 2]"])
+def test_a_second_run_is_refused_even_when_the_first_s_record_is_garbled(finished_run, record: bytes) -> None:
+    """data/.locks/fruits.json unreadable (garbage, or caught half-written): still "in progress"."""
+    project, params = finished_run
+    from filelock import FileLock
+
+    lock_path = project / "data/.locks/fruits.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path):
+        lock_path.with_suffix(".json").write_bytes(record)
+        with pytest.raises(RuntimeError, match=r"another run of fruits is in progress in this project \(which one is "
+                                               r"unknown: .*fruits.json is unreadable\). Wait for it to finish"):
+            run_kedro(project, "fruits", params)
+
+
 def test_a_dataset_copied_from_another_s_parameters_keeps_its_own_files(finished_run) -> None:
     """conf/base/parameters_<new>.yml copied from fruits' (as the README suggests): the new
     dataset's checkpoint and outputs are its own; fruits' are untouched."""

@@ -25,7 +25,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset, MemoryDataset
 from omegaconf import OmegaConf
 
-from .atomic import PARTIAL
+from .atomic import PARTIAL, write_atomically
 from .config import ConfigError, parse_dataset
 from .versions import (
     FAILED,
@@ -245,14 +245,27 @@ def _lock(path: Path, dataset: str) -> FileLock:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        other = json.loads(holder.read_text()) if holder.is_file() else {}
         raise RuntimeError(
-            f"another run of {dataset} is in progress in this project (pid {other.get('pid', '?')} on "
-            f"{other.get('host', '?')}, started {other.get('started', '?')}: {other.get('command', '?')}). "
+            f"another run of {dataset} is in progress in this project ({_holder(holder)}). "
             "Wait for it to finish or stop it; runs of other datasets can go ahead.") from None
-    holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}))
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join(sys.argv)}
+    write_atomically(holder, json.dumps(record).encode())  # never half-written for a second run to read
     return lock
+
+
+def _holder(record: Path) -> str:
+    """Which run holds a dataset's lock, from the record it wrote (``data/.locks/<dataset>.json``)."""
+    try:
+        other = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it has not said which yet"
+    except (OSError, ValueError):  # garbled: UnicodeDecodeError and JSONDecodeError are ValueErrors
+        other = None
+    if not isinstance(other, dict):
+        return f"which one is unknown: {record} is unreadable"
+    return (f"pid {other.get('pid', '?')} on {other.get('host', '?')}, started {other.get('started', '?')}: "
+            f"{other.get('command', '?')}")
 
 
 TRAINED_TOGETHER = ("model_card", "model_weights", "training_history", "training_steps")  # train_model's outputs
