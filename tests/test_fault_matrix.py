@@ -51,6 +51,7 @@ from vision_pipelines.model_card import ModelCardError
 from vision_pipelines.pipelines.image_classification import nodes
 from vision_pipelines.sources import DownloadError, LayoutError
 from vision_pipelines.sources.downloads import COMPLETE_MARKER
+from vision_pipelines.versions import VersionError
 
 
 def dataset(root: Path, classes=("apple", "kiwi", "lime")) -> Path:
@@ -312,6 +313,25 @@ def test_a_dataset_named_like_another_s_predict_pipeline_is_refused_naming_its_f
     with pytest.raises(ConfigError, match="parameters_fruits_predict.yml: the dataset name 'fruits_predict' is "
                                           "taken by a pipeline of 'fruits'") as error:
         run_kedro(project, "fruits_predict", {**params, "fruits.predict.input": params["fruits.source.path"]})
+    assert raised_before_any_node_ran(error)
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("version, message", [
+    ("../../x", r"--load-versions=fruits.model_card:../../x: '../../x' is not a version; expected "
+                r"fruits.model_card:YYYY-MM-DDThh.mm.ss.sssZ, the name of a folder in .*model_card.json"),
+    ("2020-01-01T00.00.00.000Z", r"--load-versions=fruits.model_card:2020-01-01T00.00.00.000Z: fruits.model_card "
+                                 r"has no version 2020-01-01T00.00.00.000Z"),
+])
+def test_a_load_version_that_is_no_version_or_does_not_exist_is_refused_listing_the_kept_ones(
+        finished_run, version: str, message: str) -> None:
+    project, params = finished_run
+    kept = latest(project / "data/06_models/fruits/model_card.json").parent.name
+    before = snapshot(project)
+    with pytest.raises(VersionError, match=message) as error:
+        run_kedro(project, "fruits_predict", {**params, "fruits.predict.input": params["fruits.source.path"]},
+                  load_versions={"fruits.model_card": version})
+    assert str(error.value).endswith(f"versions kept, newest first: {kept}")
     assert raised_before_any_node_ran(error)
     assert snapshot(project) == before
 

@@ -32,6 +32,7 @@ from .versions import (
     FINISHED,
     KeptModel,
     RunRecords,
+    check_load_versions,
     choose_model,
     has_version,
     pin_load_version,
@@ -97,8 +98,9 @@ class ValidateParametersHook:
 class RunGuardHook:
     """Around each run, for every dataset it touches:
 
-    - before any node runs, check each output folder is writable, and that what the run reads
-      from earlier runs exists (a trained model for ``<dataset>_predict``, say);
+    - before any node runs, check each ``--load-versions`` entry names a version that exists, each
+      output folder is writable, and that what the run reads from earlier runs exists (a trained
+      model for ``<dataset>_predict``, say);
     - hold a lock: a second run of the same dataset in this project is refused, naming the
       first, rather than mixing its outputs with the first's (other datasets run freely);
     - keep files an earlier, unversioned run left where versioned outputs now go, as a version;
@@ -117,6 +119,7 @@ class RunGuardHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        check_load_versions(catalog, run_params.get("load_versions") or {})
         outputs = sorted(pipeline.all_outputs())
         folders = sorted({folder for name in outputs if (folder := _folder_of(catalog, name))})
         for folder in folders:
