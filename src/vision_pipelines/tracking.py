@@ -90,8 +90,9 @@ class MlflowTrackingHook:
             if kind != "train":  # a run that uses a model: its own settings, not the ones the model was trained with
                 settings = {key: value for key, value in settings.items() if key in _sections_read(pipeline, dataset)}
             self._client.log_batch(self._run_id, params=_params(flatten(settings, prefix=dataset)))
+            uses_model = kind != "train" and f"{dataset}.model_card" in pipeline.inputs()  # not --tags=download,split
             tags["mlflow.runName"] = run_name(dataset, kind, runtime.get(dataset) or {},
-                                              None if kind == "train" else self._model_used(dataset, tags))
+                                              self._model_used(dataset, tags) if uses_model else None)
         self._client.log_batch(self._run_id, tags=_tags(tags))
 
     @hook_impl
