@@ -336,6 +336,41 @@ def test_a_load_version_that_is_no_version_or_does_not_exist_is_refused_listing_
     assert snapshot(project) == before
 
 
+def corrupt(store: Path) -> None:
+    store.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+
+
+def read_only(store: Path) -> None:
+    """A valid store (a copy of the session's) that cannot be written, even by root (chattr +i)."""
+    shutil.copy(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"), store)
+    store.chmod(0o444)
+    if os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode != 0:
+        pytest.skip("root can write a read-only file, and chattr +i is not allowed here")
+
+
+@pytest.mark.parametrize("spoil, reason", [(corrupt, "file is not a database"),
+                                           (read_only, "attempt to write a readonly database")])
+def test_a_broken_mlflow_db_leaves_the_run_untracked_with_one_warning_naming_it(
+        spoil, reason: str, finished_run, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    project, params = finished_run
+    store = project / "mlflow.db"
+    spoil(store)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the project's own store, mlflow.db at its root
+    spoiled, metrics = store.read_bytes(), project / "data/08_reporting/fruits/metrics.json"
+    evaluations = len(list(metrics.iterdir()))
+    caplog.set_level(logging.WARNING)
+    try:
+        run_kedro(project, "fruits", params, tags=["evaluate"])
+    finally:
+        subprocess.run(["chattr", "-i", str(store)], capture_output=True)
+    warnings = [r.getMessage() for r in caplog.records if "MLflow" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert warnings == [f"MLflow store {store} cannot be used ({reason}): this run goes on without tracking. Move the "
+                        f"file away to start a new store (mv {store} {store}.broken), or set MLFLOW_TRACKING_URI "
+                        "to another store"]
+    assert len(list(metrics.iterdir())) == evaluations + 1  # the run went on
+    assert store.read_bytes() == spoiled
+
+
 def test_unwritable_output_folder_stops_the_run_before_training(finished_run) -> None:
     project, params = finished_run
     reporting = project / "data/08_reporting/fruits"

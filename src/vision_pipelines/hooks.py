@@ -50,7 +50,9 @@ class KaggleCredentialsHook:
     since that is where Kedro keeps secrets whatever the run environment.
     """
 
-    @hook_impl
+    # tryfirst: before kedro-mlflow's, whose failure on a broken store (tracking.py goes on
+    # without tracking) would leave the hooks after it uncalled
+    @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
         if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
             return

@@ -26,7 +26,10 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import time
+import traceback
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,54 @@ def artifact_location(uri: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_posix()
 
 
+def _sqlite_store(context) -> Path | None:
+    """The SQLite file mlflow.yml keeps runs in, if it exists (None for a tracking server, or no mlflow.yml)."""
+    from kedro.config import MissingConfigException
+
+    loader = context.config_loader
+    loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])  # kedro-mlflow's own
+    try:
+        uri = str(loader["mlflow"]["server"]["mlflow_tracking_uri"])
+    except (MissingConfigException, KeyError, TypeError):
+        return None
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(context.project_path) / uri.removeprefix("sqlite:///").split("?")[0]  # relative: to the project
+    return path if path.is_file() else None
+
+
+def _sqlite_problem(path: Path, thorough: bool = False) -> str | None:
+    """Why SQLite cannot read and write ``path``, or None. ``thorough`` reads every page (slow on
+    a big store: only once opening it has failed)."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)) as database:
+            database.execute("SELECT count(*) FROM sqlite_master").fetchone()  # "file is not a database"
+            if thorough:
+                (verdict,) = database.execute("PRAGMA quick_check").fetchone()
+                if verdict != "ok":
+                    return f"damaged: {verdict}"
+            database.execute("BEGIN")  # a write, taken back: refused if the file cannot be written
+            database.execute("CREATE TABLE main.vision_pipelines_write_check (x)")
+            database.rollback()
+    except sqlite3.Error as error:
+        return str(error)
+    return None
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    return any(f"{os.sep}{package}{os.sep}" in frame.filename for frame in traceback.extract_tb(error.__traceback__))
+
+
+def _stop_kedro_mlflow(context) -> None:
+    """Unregister kedro-mlflow's hooks for this session: no MLflow run is opened, so this module's
+    hook does nothing either. (The context holds the session's hook manager; Kedro names no
+    public way to it.)"""
+    manager = context._hook_manager
+    for plugin in manager.get_plugins():
+        if type(plugin).__module__.startswith("kedro_mlflow."):
+            manager.unregister(plugin)
+
+
 class MlflowTrackingHook:
     """Log settings, learning curves, evaluation and files to the run kedro-mlflow opened; name
     the run after its dataset, what it does and what differs; end it KILLED when interrupted."""
@@ -66,6 +117,29 @@ class MlflowTrackingHook:
         self._client = None  # an mlflow.MlflowClient while a run is being tracked
         self._run_id: str | None = None
         self._catalog = None
+
+    @hook_impl(wrapper=True)
+    def after_context_created(self, context):
+        """kedro-mlflow opens (creates, upgrades) the store here, and writes to it once the run
+        starts: an ``mlflow.db`` that is no database, or cannot be written, would stop the run
+        with an error that does not name it. The run goes on without tracking, with one warning
+        that names the file and the way out."""
+        store = _sqlite_store(context)
+        try:
+            result = yield
+        except Exception as error:
+            problem = store and _raised_in(error, "kedro_mlflow") and _sqlite_problem(store, thorough=True)
+            if not problem:
+                raise
+        else:
+            problem = store and _sqlite_problem(store)
+        if problem:
+            log.warning("MLflow store %s cannot be used (%s): this run goes on without tracking. Move the file "
+                        "away to start a new store (mv %s %s.broken), or set MLFLOW_TRACKING_URI to another store",
+                        store, problem, store, store)
+            _stop_kedro_mlflow(context)
+            return None
+        return result
 
     # trylast: after kedro-mlflow's before_pipeline_run, which opens the run, and after
     # RunGuardHook's, which chooses the model a predict or export run uses
