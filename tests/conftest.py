@@ -11,7 +11,8 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,18 @@ SAMPLES = Path(os.environ.get("DATASETS_DIR", PROJECT_ROOT.parent / "shared" / "
 # Distinct base colours, so tiny datasets are learnable and a trained model beats chance.
 PALETTE = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (230, 200, 40), (200, 40, 200),
            (40, 200, 200), (120, 60, 20), (250, 250, 250), (20, 20, 20), (128, 128, 128)]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``predicate`` until it returns something true, and return that; after ``timeout``
+    seconds fail, naming ``what`` was awaited. Tests wait this way, never a fixed time: on a busy
+    machine anything can take longer, and a fixed wait is either too short or wasted."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(0.05)
+    return result
 
 
 def make_image(path: Path, class_index: int, size: tuple[int, int] = (24, 24), mode: str = "RGB",

@@ -42,6 +42,7 @@ from conftest import (
     make_image,
     make_project,
     run_kedro,
+    wait_until,
     write_cache,
 )
 from vision_pipelines.config import ConfigError, EvaluateConfig, SubmissionConfig
@@ -651,10 +652,9 @@ def start_slowed(project: Path, params: dict, tmp_path: Path, target: str, secon
                "--params=" + ",".join(f"{k}={v}" for k, v in params.items())]
     process = subprocess.Popen(command, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "slow_started").exists():
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
-        time.sleep(0.05)
+    wait_until(lambda: (tmp_path / "slow_started").exists() or process.poll() is not None, 120,
+               f"{target} to be called")
+    assert process.poll() is None, process.stderr.read()[-3000:]
     return process
 
 
@@ -691,12 +691,11 @@ def test_ctrl_c_during_the_parallel_decode_stops_at_once(attempt: int, finished_
     raw = big_dataset(tmp_path / f"big{attempt}")
     params = {**params, "fruits.source.path": str(raw)}
     process = start_slowed(project, params, tmp_path, "vision_pipelines.images:decode_image", 0.2)
-    time.sleep(0.5)
+    wait_until(lambda: len(processes_of(tmp_path)) >= 2, 30, "kedro and its decode workers")
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=15)  # a hang fails here
     assert process.returncode != 0
-    time.sleep(0.5)
-    assert processes_of(tmp_path) == []
+    wait_until(lambda: processes_of(tmp_path) == [], 10, "every decode worker to end")
     assert (project / "data/05_model_input/fruits/image_cache/index.json").read_bytes() == cache_before
     run_kedro(project, "fruits", params)  # the same command then completes
     assert half_written(project) == []
@@ -711,10 +710,7 @@ def test_killing_only_kedro_s_process_leaves_no_decode_worker_behind(finished_ru
     assert len(processes_of(tmp_path)) >= 2  # kedro and its decode workers
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
-    deadline = time.time() + 10
-    while processes_of(tmp_path) and time.time() < deadline:
-        time.sleep(0.1)
-    assert processes_of(tmp_path) == []
+    wait_until(lambda: processes_of(tmp_path) == [], 10, "every decode worker to end")
 
 
 def test_sigterm_during_training_stops_within_seconds_and_the_rerun_completes(finished_run, tmp_path: Path) -> None:

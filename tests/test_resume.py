@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +25,7 @@ from conftest import (
     make_class_folders,
     make_folders_dataset,
     make_project,
+    wait_until,
     write_cache,
 )
 from vision_pipelines import engine
@@ -84,9 +84,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, dat
     project = make_project(tmp_path / "interrupted")
     checkpoint = project / "data/06_models/fruits/checkpoint.pt"
     process = start(project, dataset)
-    deadline = time.time() + 240
-    while checkpoint_epoch(checkpoint) < 1 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: checkpoint_epoch(checkpoint) >= 1 or process.poll() is not None, 240,
+               "the first epoch's checkpoint")
     process.send_signal(signal.SIGKILL)  # no chance to clean up, like a power cut
     process.wait()
     killed_at = checkpoint_epoch(checkpoint)
