@@ -95,8 +95,8 @@ def test_an_edited_card_is_refused_even_with_its_own_weights(edit) -> None:
 
 def test_the_catalog_version_and_score_name_the_model() -> None:
     card = read_card({**card_of(trained()), "version": "2026-11-23T10.19.01.357Z"})
-    assert card.reference() == {"version": "2026-11-23T10.19.01.357Z", "fingerprint": card.weights_fingerprint,
-                                "val_accuracy": 0.5}
+    assert card.reference() == {"model": card.weights_fingerprint, "model_version": "2026-11-23T10.19.01.357Z",
+                                "model_val_accuracy": 0.5}
     assert card.describe() == "model 2026-11-23T10.19.01.357Z (val accuracy 0.5000)"
 
 

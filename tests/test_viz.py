@@ -16,22 +16,33 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import KEDRO, latest
+from conftest import KEDRO, latest, make_project
 
 # The data layers in lineage order: kedro-viz sorts them by the pipeline's dependencies and shows
 # none at all when they form a cycle.
 LAYERS = ["raw", "intermediate", "model_input", "models", "model_output", "reporting"]
 
 
-@pytest.fixture(scope="module")
-def site(fruits_run: Path) -> Path:
-    """``KEDRO_ENV=cpu kedro viz build --include-previews`` in the project: its ``build/api``."""
+def viz_build(project: Path) -> str:
+    """``KEDRO_ENV=cpu kedro viz build --include-previews`` in ``project``: what it printed."""
     unreachable = "http://127.0.0.1:9"  # nothing listens there: any attempt to go online fails at once
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "KEDRO_ENV": "cpu", "HTTP_PROXY": unreachable,
            "HTTPS_PROXY": unreachable, "http_proxy": unreachable, "https_proxy": unreachable}
-    result = subprocess.run([KEDRO, "viz", "build", "--include-previews"], cwd=fruits_run, env=env,
+    result = subprocess.run([KEDRO, "viz", "build", "--include-previews"], cwd=project, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "Success!" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def built(fruits_run: Path) -> str:
+    """The site of the finished fruits run, built once: what the build printed."""
+    return viz_build(fruits_run)
+
+
+@pytest.fixture(scope="module")
+def site(built: str, fruits_run: Path) -> Path:
+    """The site's API files: ``build/api``."""
     return fruits_run / "build" / "api"
 
 
@@ -104,3 +115,18 @@ def test_previews_show_what_the_run_saved(site: Path, fruits_run: Path) -> None:
 
     manifest = read(site / "nodes" / nodes["fruits.manifest"])
     assert manifest["preview_type"] == "TablePreview" and manifest["stats"]["rows"] == 48
+
+
+def test_entries_no_run_has_saved_are_neither_previewed_nor_warned_about(built: str, site: Path,
+                                                                         tmp_path: Path) -> None:
+    """The fruits run saved fruits' entries, none of the other datasets'; a project never run
+    saved nothing. Neither build warns about what it cannot preview (it used to, once per entry:
+    76 warnings after the fruits run, 95 for a project never run)."""
+    nodes = {n["name"]: n["id"] for n in read(site / "pipelines" / "__default__")["nodes"]}
+    garbage = {n["name"]: n["id"] for n in read(site / "pipelines" / "garbage")["nodes"]}
+    assert read(site / "nodes" / nodes["fruits.metrics"])["preview"] is not None
+    assert read(site / "nodes" / garbage["garbage.metrics"])["preview"] is None
+    assert "preview" not in built.lower(), built[-3000:]
+
+    never_run = viz_build(make_project(tmp_path / "project"))
+    assert "preview" not in never_run.lower(), never_run[-3000:]

@@ -7,18 +7,20 @@ the new one, whole. A versioned dataset's new version only becomes visible (and 
 the latest) once its file is complete, so a half-finished run is never taken for a finished one.
 
 - ``JSONDataset``, ``CSVDataset``, ``ParquetDataset``, ``MatplotlibDataset``,
-  ``SafetensorsDataset``: kedro-datasets' own, saved atomically (a plot loads as its PNG image).
+  ``SafetensorsDataset``: kedro-datasets' own, saved atomically (a plot loads as its PNG image);
+  kedro-viz previews an entry once a run has saved it, and says nothing of the others.
   Versioned, they load this run's version or the latest finished run's (``versions.RunVersioned``).
 - ``ModelCardDataset``: the model card, which names its own version when loaded.
 - ``ImageFolderDataset``: a link to the folder of raw images.
 - ``ImageCacheDataset``: the sharded uint8 image cache (``cache.py``), committed by its index.
-- ``FileDataset``: bytes, such as an exported ONNX or TorchScript model.
+- ``FileDataset``: bytes, such as an exported ONNX model.
 - ``LocationDataset``: a place the project writes to during a node (the download cache, the
   training checkpoint), resolved under the project root like every catalog path.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -71,8 +73,23 @@ def _unwrapped(save):
     return getattr(save, "__wrapped__", save)
 
 
+def _preview_when_saved(preview):
+    """kedro-datasets' ``preview``, giving nothing for an entry no run has saved yet. Theirs
+    raises then, and ``kedro viz build --include-previews`` logs a "could not be previewed"
+    warning for each such entry (95 for a project never run). kedro-viz reads the preview's kind
+    from the return annotation, which ``functools.wraps`` keeps."""
+
+    @functools.wraps(preview)
+    def preview_if_saved(self, *args, **kwargs):
+        return preview(self, *args, **kwargs) if self.exists() else None
+
+    return preview_if_saved
+
+
 class JSONDataset(RunVersioned, AtomicSave, _JSONDataset):
     """``json.JSONDataset``, saved atomically."""
+
+    preview = _preview_when_saved(_JSONDataset.preview)
 
 
 class ModelCardDataset(JSONDataset):
@@ -87,6 +104,8 @@ class CSVDataset(RunVersioned, AtomicSave, _CSVDataset):
     """``pandas.CSVDataset``, saved atomically. A CSV has no place for metadata, so a table's
     ``attrs["lineage"]`` (which model made a submission, say) is saved beside it, as
     ``<name>.lineage.json`` in the same folder."""
+
+    preview = _preview_when_saved(_CSVDataset.preview)
 
     def save(self, data) -> None:
         super().save(data)
@@ -104,10 +123,14 @@ class CSVDataset(RunVersioned, AtomicSave, _CSVDataset):
 class ParquetDataset(RunVersioned, AtomicSave, _ParquetDataset):
     """``pandas.ParquetDataset``, saved atomically; ``DataFrame.attrs`` (lineage) travel with it."""
 
+    preview = _preview_when_saved(_ParquetDataset.preview)
+
 
 class MatplotlibDataset(RunVersioned, AtomicSave, _MatplotlibDataset):
     """``matplotlib.MatplotlibDataset`` (one figure), saved atomically. kedro-datasets' own cannot
     be loaded; this one loads the saved PNG as a PIL image, which a notebook displays."""
+
+    preview = _preview_when_saved(_MatplotlibDataset.preview)
 
     def load(self) -> Image.Image:
         with self._fs.open(get_filepath_str(self._get_load_path(), self._protocol), "rb") as file:
@@ -121,7 +144,7 @@ class SafetensorsDataset(RunVersioned, AtomicSave, _SafetensorsDataset):
 
 
 class FileDataset(RunVersioned, AbstractVersionedDataset[bytes, bytes]):
-    """A file's bytes (an ONNX or TorchScript model), versioned like the model it comes from."""
+    """A file's bytes (an ONNX model), versioned like the model it comes from."""
 
     def __init__(self, *, filepath: str, version: Version | None = None,
                  metadata: dict[str, Any] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Hooks that make a run fail early and clearly, never mix two runs' outputs, and end with a summary.
+"""Hooks that make a run fail early and clearly, never mix two runs' outputs, and end with a summary;
+and one that lets a notebook's errors reach Jupyter and papermill.
 
 Every ``kedro`` command imports this module (through settings.py), so it imports nothing heavy:
 ``.datasets`` (pandas, matplotlib) is imported where a run uses it, by which time the catalog
@@ -33,9 +34,8 @@ from .versions import (
     KeptModel,
     RunRecords,
     check_load_versions,
-    choose_model,
-    has_version,
-    pin_load_version,
+    load_version,
+    use_model,
     version_at,
     version_before,
 )
@@ -74,6 +74,25 @@ def _kaggle_credentials(context) -> dict[str, Any]:
         if found:
             return found
     return {}
+
+
+class KernelTracebackHook:
+    """A cell that fails in a Jupyter kernel reports its error to Jupyter and papermill.
+
+    Kedro's ``RichHandler`` with ``rich_tracebacks`` (conf/logging.yml, and Kedro's default
+    logging) installs rich's traceback printer, in IPython too: there it replaces the shell's
+    ``showtraceback``, so a failing cell prints a rich traceback as display output and sends no
+    error message, and papermill says ``Exception encountered at "In [13]":`` with nothing after
+    it. In a kernel, IPython's own traceback display is given back (first thing after
+    ``%reload_kedro`` configured logging); the CLI and the IPython terminal keep rich's.
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+        if getattr(shell, "kernel", None) is not None:  # a Jupyter kernel
+            for method in ("showtraceback", "_showtraceback", "showsyntaxerror"):  # rich's overrides
+                vars(shell).pop(method, None)
 
 
 class ValidateParametersHook:
@@ -181,7 +200,7 @@ class RunSummaryHook:
         for dataset in namespaces(pipeline):
             lines = []
             if f"{dataset}.model_card" in pipeline.inputs():
-                used = KeptModel.read(catalog, dataset, catalog.get(f"{dataset}.model_card").resolve_load_version())
+                used = KeptModel.read(catalog, dataset, load_version(catalog, f"{dataset}.model_card"))
                 score = "" if used.score is None else f" (validation accuracy {used.score:.4f})"
                 lines.append(f"model used: {used.version}{score}")
             if f"{dataset}.metrics" in outputs:
@@ -273,12 +292,9 @@ def _holder(record: Path) -> str:
             f"{other.get('command', '?')}")
 
 
-TRAINED_TOGETHER = ("model_card", "model_weights", "training_history", "training_steps")  # train_model's outputs
-
-
 def _use_chosen_model(catalog, pipeline, dataset: str, load_versions: dict[str, str]) -> None:
     """In a run that uses ``dataset``'s model without training it (predict, export, evaluate), load
-    the model ``<dataset>.model_version`` names, and say which it is; ``--load-versions`` wins."""
+    the model ``<dataset>.model_version`` names; ``--load-versions`` wins."""
     card, weights = f"{dataset}.model_card", f"{dataset}.model_weights"
     if card not in pipeline.inputs():
         return
@@ -287,33 +303,13 @@ def _use_chosen_model(catalog, pipeline, dataset: str, load_versions: dict[str, 
         log.info("%s: using model %s (from --load-versions)", dataset, pinned)
         return
     setting = (catalog.load("parameters").get(dataset) or {}).get("model_version", "latest")
-    chosen = choose_model(catalog, dataset, setting, _current_data(catalog, dataset) if setting == "best" else None)
-    for entry in TRAINED_TOGETHER:  # the model's own curves too, when the run re-plots them
-        name = f"{dataset}.{entry}"
-        if name in pipeline.inputs() and (name in (card, weights) or has_version(catalog, name, chosen.version)):
-            pin_load_version(catalog, name, chosen.version)
-    score = "" if chosen.score is None else f", validation accuracy {chosen.score:.4f}"
-    log.info("%s: using model %s (%s.model_version=%s%s)", dataset, chosen.version, dataset, setting, score)
-
-
-def _current_data(catalog, dataset: str) -> str | None:
-    """The fingerprint of the current split, if there is one: the data "best" compares models on."""
-    from .lineage import manifest_fingerprint  # imports torch: only where a run needs it
-
-    manifest, class_names = f"{dataset}.manifest", f"{dataset}.class_names"
-    if not (catalog.exists(manifest) and catalog.exists(class_names)):
-        return None
-    return manifest_fingerprint(catalog.load(manifest), catalog.load(class_names))
+    use_model(catalog, dataset, setting, pipeline.inputs())  # with its training curves, when the run re-plots them
 
 
 def models_used(pipeline, catalog) -> dict[str, str]:
     """The version of each dataset's model a run trained or used, for its run record."""
-    used = {}
-    for dataset in namespaces(pipeline):
-        card = f"{dataset}.model_card"
-        if card in pipeline.all_inputs() | pipeline.all_outputs():
-            used[dataset] = catalog.get(card).resolve_load_version()
-    return used
+    return {dataset: load_version(catalog, f"{dataset}.model_card") for dataset in namespaces(pipeline)
+            if f"{dataset}.model_card" in pipeline.all_inputs() | pipeline.all_outputs()}
 
 
 def _version_unversioned_file(catalog, name: str, run_version: str) -> None:

@@ -54,8 +54,10 @@ class ModelCard:
     val_accuracy: float | None = None  # the model's score when it was trained
 
     def reference(self) -> dict[str, Any]:
-        """Which model this is, as every output made with it records it."""
-        return {"version": self.version, "fingerprint": self.weights_fingerprint, "val_accuracy": self.val_accuracy}
+        """Which model this is, as every output made with it records it (predictions, submission,
+        new predictions, export report)."""
+        return {"model": self.weights_fingerprint, "model_version": self.version,
+                "model_val_accuracy": self.val_accuracy}
 
     def describe(self) -> str:
         """``model 2026-11-23T10.19.01.357Z (val accuracy 0.9500)``, for log lines."""

@@ -2,7 +2,7 @@
 
 Every ``conf/base/parameters_<name>.yml`` defines a dataset ``<name>`` and so the pipelines
 ``<name>`` (download -> ... -> submit), ``<name>_predict`` (classify new images with its trained
-model) and ``<name>_export`` (TorchScript and ONNX files of that model): adding a dataset needs
+model) and ``<name>_export`` (an ONNX file of that model): adding a dataset needs
 configuration only. ``__default__`` (plain ``kedro run``) runs the ``fruits`` pipeline alone,
 never every dataset at once.
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from kedro.utils import find_kedro_project
 
-from vision_pipelines.hooks import KaggleCredentialsHook, RunGuardHook, RunSummaryHook, ValidateParametersHook
+from vision_pipelines.hooks import (
+    KaggleCredentialsHook,
+    KernelTracebackHook,
+    RunGuardHook,
+    RunSummaryHook,
+    ValidateParametersHook,
+)
 from vision_pipelines.tracking import MlflowTrackingHook, artifact_location, tracking_uri
 
 # Warnings a user can do nothing about, printed on every run: kedro-mlflow 2.0 registers its
@@ -20,7 +26,8 @@ logging.getLogger("py.warnings").addFilter(lambda record: "Add type hints to the
 # kedro-mlflow), at INFO unless told otherwise: it would print its database set-up every run.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
-HOOKS = (KaggleCredentialsHook(), ValidateParametersHook(), RunGuardHook(), RunSummaryHook(), MlflowTrackingHook())
+HOOKS = (KernelTracebackHook(), KaggleCredentialsHook(), ValidateParametersHook(), RunGuardHook(), RunSummaryHook(),
+         MlflowTrackingHook())
 
 
 def _project_path(relative: str) -> str:

@@ -221,9 +221,9 @@ class MlflowTrackingHook:
     def _model_used(self, dataset: str, tags: dict[str, str]) -> str | None:
         """The version of the model a predict, export or evaluate run uses (RunGuardHook chose it);
         its score and the MLflow run that trained it go into ``tags``."""
-        from .versions import KeptModel
+        from .versions import KeptModel, load_version
 
-        version = self._catalog.get(f"{dataset}.model_card").resolve_load_version()
+        version = load_version(self._catalog, f"{dataset}.model_card")
         tags.update(_model_tags(dataset, version, KeptModel.read(self._catalog, dataset, version).score))
         trained_by = self._client.search_runs(self._client.get_run(self._run_id).info.experiment_id,
                                               f"tags.run_id = '{version}'", max_results=1)

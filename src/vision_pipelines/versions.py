@@ -252,9 +252,42 @@ def _kept_versions(catalog, name: str) -> str:
     return f"; versions kept, newest first: {', '.join(versions[:10])}{more}"
 
 
-def has_version(catalog, name: str, version: str) -> bool:
+def use_model(catalog, dataset: str, setting: str, entries=()) -> KeptModel:
+    """Load the model ``setting`` (``<dataset>.model_version``) names from now on — its card and
+    weights, and each of ``entries`` (catalog names) that its run saved too, such as the curves of
+    its training — and say which it is. What predict, export and evaluate runs and the notebook call."""
+    manifest = current_data(catalog, dataset) if setting == "best" else None
+    chosen = choose_model(catalog, dataset, setting, manifest)
+    for name in {f"{dataset}.model_card", f"{dataset}.model_weights", *entries}:
+        if has_version(catalog, name, chosen.version):
+            pin_load_version(catalog, name, chosen.version)
+    score = "" if chosen.score is None else f", validation accuracy {chosen.score:.4f}"
+    log.info("%s: using model %s (%s.model_version=%s%s)", dataset, chosen.version, dataset, setting, score)
+    return chosen
+
+
+def current_data(catalog, dataset: str) -> str | None:
+    """The fingerprint of the current split, if there is one: the data "best" compares models on."""
+    from .lineage import manifest_fingerprint  # imports torch: only where a run needs it
+
+    manifest, class_names = f"{dataset}.manifest", f"{dataset}.class_names"
+    if not (catalog.exists(manifest) and catalog.exists(class_names)):
+        return None
+    return manifest_fingerprint(catalog.load(manifest), catalog.load(class_names))
+
+
+def load_version(catalog, name: str) -> str | None:
+    """The version catalog entry ``name`` loads: this run's, the newest finished, or the one pinned
+    (``--load-versions``, ``model_version``); None for an unversioned entry."""
     dataset = catalog.get(name)
-    return dataset._exists_function(str(dataset._get_versioned_path(version)))
+    return dataset.resolve_load_version() if isinstance(dataset, AbstractVersionedDataset) else None
+
+
+def has_version(catalog, name: str, version: str) -> bool:
+    """Whether ``name`` is a versioned entry with a file of ``version``."""
+    dataset = catalog.get(name)
+    return isinstance(dataset, AbstractVersionedDataset) and bool(dataset._version) and \
+        dataset._exists_function(str(dataset._get_versioned_path(version)))
 
 
 def pin_load_version(catalog, name: str, version: str) -> None:

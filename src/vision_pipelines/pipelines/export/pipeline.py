@@ -1,25 +1,22 @@
-"""The export pipeline, one per dataset: the trained model as TorchScript and ONNX files.
+"""The export pipeline, one per dataset: the trained model as an ONNX file.
 
 ``kedro run --pipelines=fruits_export`` reads the training pipeline's ``fruits.model_weights``,
 ``fruits.model_card`` and ``fruits.image_cache`` (so kedro viz draws it from the model it
-exports) and writes ``fruits.torchscript_model``, ``fruits.onnx_model`` and
-``fruits.export_report``: how closely each file's predictions follow the PyTorch model's.
+exports) and writes ``fruits.onnx_model`` and ``fruits.export_report``: how closely the file's
+predictions follow the PyTorch model's.
 """
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import check_exports, export_onnx, export_torchscript
+from .nodes import check_export, export_onnx
 
 
 def create_template() -> Pipeline:
-    """export TorchScript, export ONNX -> check both, without a namespace."""
+    """export ONNX -> check it, without a namespace."""
     return Pipeline([
-        Node(export_torchscript, ["model_weights", "model_card"], "torchscript_model", name="export_torchscript",
-             tags="export"),
         Node(export_onnx, ["model_weights", "model_card"], "onnx_model", name="export_onnx", tags="export"),
-        Node(check_exports, ["torchscript_model", "onnx_model", "model_weights", "model_card", "image_cache",
-                             "params:evaluate", "params:compute"], "export_report", name="check_exports",
-             tags="export"),
+        Node(check_export, ["onnx_model", "model_weights", "model_card", "image_cache", "params:evaluate"],
+             "export_report", name="check_export", tags="export"),
     ])
 
 

@@ -202,10 +202,8 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
         }))
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["file", "subset", "label", "predicted", "confidence"])
-    predictions.attrs["lineage"] = {"model": card.weights_fingerprint, "model_version": card.version,
-                                    "model_val_accuracy": card.val_accuracy, "image_cache": image_cache.fingerprint,
-                                    "manifest": image_cache.manifest_fingerprint,
-                                    "class_names": card.class_names}
+    predictions.attrs["lineage"] = {**card.reference(), "image_cache": image_cache.fingerprint,
+                                    "manifest": image_cache.manifest_fingerprint, "class_names": card.class_names}
     return predictions
 
 

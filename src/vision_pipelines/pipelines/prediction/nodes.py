@@ -67,8 +67,7 @@ def classify_new_images(new_images: pd.DataFrame, model_weights: dict[str, torch
     if len(table) <= SHOWN_ON_CONSOLE:
         for row in table.to_dict("records"):
             log.info("%s: %s", row["file"], row["reason"] if isinstance(row["reason"], str) else ranked(row))
-    table.attrs["lineage"] = {"model": card.weights_fingerprint, "model_version": card.version,
-                              "model_val_accuracy": card.val_accuracy}
+    table.attrs["lineage"] = card.reference()
     return table, shown
 
 
