@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import fast_params, latest, make_class_folders, make_project, run_kedro
-from vision_pipelines.tracking import MlflowTrackingHook, artifact_location, metric_names
+from vision_pipelines.tracking import MlflowTrackingHook, _sqlite_problem, artifact_location, metric_names
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -183,6 +185,19 @@ def test_long_class_names_become_distinct_metric_names_within_mlflow_s_limit() -
     assert all(len(prefix + name) <= 250 for name in names.values())
     assert len(set(names.values())) == 3
     assert names[classes[0]] == "x" * (250 - len(prefix))  # the first keeps as much of its name as fits
+
+
+def test_a_store_another_run_is_writing_to_is_busy_not_broken(tmp_path: Path) -> None:
+    """Two datasets' runs share mlflow.db: one writing must not make the other run untracked."""
+    store = tmp_path / "mlflow.db"
+    with closing(sqlite3.connect(store)) as other_run:
+        other_run.execute("CREATE TABLE runs (x)")
+        other_run.commit()
+        assert _sqlite_problem(store) is None
+        other_run.execute("BEGIN IMMEDIATE")  # holds the write lock
+        assert _sqlite_problem(store) is None
+    store.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+    assert _sqlite_problem(store) == "file is not a database"
 
 
 def test_run_files_go_beside_a_sqlite_store_and_to_a_server_s_own_store() -> None:

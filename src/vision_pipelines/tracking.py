@@ -81,7 +81,7 @@ def _sqlite_problem(path: Path, thorough: bool = False) -> str | None:
     """Why SQLite cannot read and write ``path``, or None. ``thorough`` reads every page (slow on
     a big store: only once opening it has failed)."""
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)) as database:
+        with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=1)) as database:
             database.execute("SELECT count(*) FROM sqlite_master").fetchone()  # "file is not a database"
             if thorough:
                 (verdict,) = database.execute("PRAGMA quick_check").fetchone()
@@ -91,6 +91,8 @@ def _sqlite_problem(path: Path, thorough: bool = False) -> str | None:
             database.execute("CREATE TABLE main.vision_pipelines_write_check (x)")
             database.rollback()
     except sqlite3.Error as error:
+        if "locked" in str(error):  # another run writing to it: busy, not broken (MLflow waits its turn)
+            return None
         return str(error)
     return None
 
