@@ -73,6 +73,7 @@ def checkpoint_epoch(path: Path) -> int:
 
 def outcome(project: Path) -> tuple[dict, pd.DataFrame]:
     metrics = json.loads(latest(project / "data/08_reporting/fruits/metrics.json").read_text())
+    del metrics["model_version"]  # the run's start time: two runs' differ, their models need not
     history = pd.read_csv(latest(project / "data/08_reporting/fruits/training_history.csv")).drop(columns="seconds")
     return metrics, history
 
