@@ -33,6 +33,18 @@ PALETTE = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (230, 200, 40), (200, 40
            (40, 200, 200), (120, 60, 20), (250, 250, 250), (20, 20, 20), (128, 128, 128)]
 
 
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``predicate`` until it returns something true, and return that; after ``timeout``
+    seconds fail, naming ``what`` was awaited. Tests wait this way, never a fixed time: on a busy
+    machine anything can take longer, and a fixed wait is either too short or wasted."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(0.05)
+    return result
+
+
 def make_image(path: Path, class_index: int, size: tuple[int, int] = (24, 24), mode: str = "RGB",
                seed: int = 0) -> Path:
     """An image of class ``class_index``: its palette colour plus noise and a bright square."""
@@ -182,16 +194,6 @@ def latest(path: Path) -> Path:
     versions = sorted(p for p in Path(path).iterdir() if (p / Path(path).name).is_file())
     assert versions, f"no version of {path}"
     return versions[-1] / Path(path).name
-
-
-def wait_until(condition: Callable[[], object], seconds: float) -> bool:
-    """Poll ``condition`` until it holds or ``seconds`` have passed; whether it held."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def download_entries(folder: Path) -> list[str]:

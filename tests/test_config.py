@@ -48,6 +48,8 @@ def test_cpu_environment_overrides_single_settings() -> None:
     ("images.mean", 0.5, "fruits.images.mean must be a list, got 0.5"),
     ("images.decode_workers", 0, "fruits.images.decode_workers must be a positive integer, got 0"),
     ("split.val_fraction", 1.5, r"fruits.split.val_fraction must be in \[0, 1\)"),
+    ("split.seed", 2**63, r"fruits.split.seed must be in \[0, 2\*\*63\), got 9223372036854775808"),
+    ("train.seed", -1, r"fruits.train.seed must be in \[0, 2\*\*63\), got -1"),
     ("train.epoch", 3, "fruits.train.epoch is not a known setting"),
     ("train.distributed", {"nprocs": 2}, "fruits.train.distributed.nprocs is not a known setting"),
     ("train.batch_size", 7, "fruits.train.batch_size=7 must be a multiple of the 2 distributed processes"),

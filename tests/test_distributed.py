@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import KEDRO, latest, make_folders_dataset, make_project, run_kedro
+from conftest import KEDRO, latest, make_folders_dataset, make_project, run_kedro, wait_until
 from vision_pipelines.distributed import sync_batchnorm
 
 SIGINT_BEFORE, SIGTERM_BEFORE = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -266,9 +266,8 @@ def test_a_killed_worker_fails_the_run_quickly_and_the_rerun_resumes(tmp_path: P
     overrides = params(dataset, nproc_per_node=2)
 
     process = kedro_run(project, overrides, tags=["train"])
-    deadline = time.time() + 240
-    while checkpoint_epoch(project / CHECKPOINT) < 1 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: checkpoint_epoch(project / CHECKPOINT) >= 1 or process.poll() is not None, 240,
+               "the first epoch's checkpoint")
     workers = training_processes(process.pid)
     assert len(workers) == 2 and process.poll() is None, (project / "run.log").read_text()[-3000:]
     os.kill(workers[1], signal.SIGKILL)
@@ -365,13 +364,10 @@ def test_training_processes_end_with_a_killed_kedro_run(tmp_path: Path, dataset:
     shutil.copytree(two_processes, project, symlinks=True)
     (project / CHECKPOINT).unlink()
     process = kedro_run(project, params(dataset, nproc_per_node=2), tags=["train"])
-    deadline = time.time() + 240
-    while len(workers := training_processes(process.pid)) < 2 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(training_processes(process.pid)) >= 2 or process.poll() is not None, 240,
+               "two training processes")
+    workers = training_processes(process.pid)
     assert len(workers) == 2, (project / "run.log").read_text()[-3000:]
     process.kill()
     process.wait()
-    deadline = time.time() + 30
-    while [pid for pid in workers if alive(pid)] and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in workers if alive(pid)]
+    wait_until(lambda: not [pid for pid in workers if alive(pid)], 30, "the training processes to end")

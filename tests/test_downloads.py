@@ -675,9 +675,9 @@ def test_a_second_download_of_the_same_target_waits_for_the_first_and_uses_it(
 
     first, second = threading.Thread(target=download), threading.Thread(target=download)
     first.start()
-    assert wait_until(lambda: calls, 10)
+    wait_until(lambda: calls, 10, "the first download to start")
     second.start()
-    wait_until(lambda: "waiting for another download" in caplog.text, 5)
+    wait_until(lambda: "waiting for another download" in caplog.text, 5, "the second download to wait")
     release.set()
     first.join(30)
     second.join(30)

@@ -48,6 +48,7 @@ from conftest import (
     make_image,
     make_project,
     run_kedro,
+    wait_until,
     write_cache,
 )
 from vision_pipelines.cache import CacheError
@@ -59,6 +60,7 @@ from vision_pipelines.model_card import ModelCardError
 from vision_pipelines.pipelines.image_classification import nodes
 from vision_pipelines.sources import DownloadError, LayoutError
 from vision_pipelines.sources.downloads import COMPLETE_MARKER
+from vision_pipelines.versions import VersionError
 
 
 def dataset(root: Path, classes=("apple", "kiwi", "lime")) -> Path:
@@ -217,6 +219,22 @@ def test_class_names_with_spaces_unicode_and_dots_travel_end_to_end(kedro_projec
     assert "Training" not in submission and len(submission.splitlines()) == 7
 
 
+def test_class_names_too_long_for_mlflow_metric_names_still_leave_the_evaluation_logged(kedro_project: Path,
+                                                                                       tmp_path: Path) -> None:
+    """MLflow refuses a metric name over 250 characters, and with it the whole batch: fruits.accuracy
+    too. Two long names alike but for their ends must stay two metrics."""
+    mlflow = pytest.importorskip("mlflow")
+    root = dataset(tmp_path / "raw", classes=("L" * 230 + " apple", "L" * 230 + " kiwi", "lime"))
+    seed = 7240  # finds this run among the session's
+    run_kedro(kedro_project, "fruits", fast_params("fruits", **{"source.kind": "local", "source.path": str(root),
+                                                                "train.seed": seed}))
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("vision-pipelines")
+    (run,) = client.search_runs([experiment.experiment_id], f"params.`fruits.train.seed` = '{seed}'")
+    assert {"fruits.accuracy", "fruits.macro_f1"} <= set(run.data.metrics)
+    assert len([key for key in run.data.metrics if key.startswith("fruits.class_accuracy.")]) == 3
+
+
 # --- failures after a completed run: a clear error, and the earlier run's outputs untouched ----
 
 
@@ -275,6 +293,7 @@ def raised_before_any_node_ran(error: pytest.ExceptionInfo) -> bool:
     ("images.size", 40.5, "fruits.images.size must be an integer, got 40.5"),
     ("images.decode_workers", -1, "fruits.images.decode_workers must be a positive integer, got -1"),
     ("train.distributed.nproc_per_node", 0, "fruits.train.distributed.nproc_per_node must be a positive integer"),
+    ("split.seed", 2**70, r"fruits.split.seed must be in \[0, 2\*\*63\), got 1180591620717411303424"),
 ])
 def test_invalid_parameter_stops_the_run_before_any_work(finished_run, setting: str, value, message: str) -> None:
     project, params = finished_run
@@ -291,6 +310,74 @@ def test_params_for_a_dataset_that_does_not_exist_are_refused(finished_run) -> N
     with pytest.raises(ConfigError, match="--params names 'fruitz', which is no dataset of this project"):
         run_kedro(project, "fruits", {**params, "fruitz.train.epochs": 1})
     assert snapshot(project) == before
+
+
+def test_a_dataset_named_like_another_s_predict_pipeline_is_refused_naming_its_file(finished_run) -> None:
+    """conf/base/parameters_fruits_predict.yml would replace fruits' predict pipeline in silence."""
+    project, params = finished_run
+    fruits_yml = (project / "conf/base/parameters_fruits.yml").read_text()
+    predict_yml = project / "conf/base/parameters_fruits_predict.yml"
+    predict_yml.write_text(fruits_yml.replace("fruits:", "fruits_predict:", 1))
+    before = snapshot(project)
+    with pytest.raises(ConfigError, match="parameters_fruits_predict.yml: the dataset name 'fruits_predict' is "
+                                          "taken by a pipeline of 'fruits'") as error:
+        run_kedro(project, "fruits_predict", {**params, "fruits.predict.input": params["fruits.source.path"]})
+    assert raised_before_any_node_ran(error)
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("version, message", [
+    ("../../x", r"--load-versions=fruits.model_card:../../x: '../../x' is not a version; expected "
+                r"fruits.model_card:YYYY-MM-DDThh.mm.ss.sssZ, the name of a folder in .*model_card.json"),
+    ("2020-01-01T00.00.00.000Z", r"--load-versions=fruits.model_card:2020-01-01T00.00.00.000Z: fruits.model_card "
+                                 r"has no version 2020-01-01T00.00.00.000Z"),
+])
+def test_a_load_version_that_is_no_version_or_does_not_exist_is_refused_listing_the_kept_ones(
+        finished_run, version: str, message: str) -> None:
+    project, params = finished_run
+    kept = latest(project / "data/06_models/fruits/model_card.json").parent.name
+    before = snapshot(project)
+    with pytest.raises(VersionError, match=message) as error:
+        run_kedro(project, "fruits_predict", {**params, "fruits.predict.input": params["fruits.source.path"]},
+                  load_versions={"fruits.model_card": version})
+    assert str(error.value).endswith(f"versions kept, newest first: {kept}")
+    assert raised_before_any_node_ran(error)
+    assert snapshot(project) == before
+
+
+def corrupt(store: Path) -> None:
+    store.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+
+
+def read_only(store: Path) -> None:
+    """A valid store (a copy of the session's) that cannot be written, even by root (chattr +i)."""
+    shutil.copy(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"), store)
+    store.chmod(0o444)
+    if os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode != 0:
+        pytest.skip("root can write a read-only file, and chattr +i is not allowed here")
+
+
+@pytest.mark.parametrize("spoil, reason", [(corrupt, "file is not a database"),
+                                           (read_only, "attempt to write a readonly database")])
+def test_a_broken_mlflow_db_leaves_the_run_untracked_with_one_warning_naming_it(
+        spoil, reason: str, finished_run, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    project, params = finished_run
+    store = project / "mlflow.db"
+    spoil(store)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the project's own store, mlflow.db at its root
+    spoiled, metrics = store.read_bytes(), project / "data/08_reporting/fruits/metrics.json"
+    evaluations = len(list(metrics.iterdir()))
+    caplog.set_level(logging.WARNING)
+    try:
+        run_kedro(project, "fruits", params, tags=["evaluate"])
+    finally:
+        subprocess.run(["chattr", "-i", str(store)], capture_output=True)
+    warnings = [r.getMessage() for r in caplog.records if "MLflow" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert warnings == [f"MLflow store {store} cannot be used ({reason}): this run goes on without tracking. Move the "
+                        f"file away to start a new store (mv {store} {store}.broken), or set MLFLOW_TRACKING_URI "
+                        "to another store"]
+    assert len(list(metrics.iterdir())) == evaluations + 1  # the run went on
+    assert store.read_bytes() == spoiled
 
 
 def test_unwritable_output_folder_stops_the_run_before_training(finished_run) -> None:
@@ -555,6 +642,21 @@ def test_a_second_run_of_the_same_dataset_is_refused_naming_the_first(finished_r
     run_kedro(project, "fruits", params, tags=["evaluate"])  # and once the first is done, this one can run
 
 
+@pytest.mark.parametrize("record", [b"\xff\xfe\x00garbage", b"{\"pid\": 42", b"[1, 2]"])
+def test_a_second_run_is_refused_even_when_the_first_s_record_is_garbled(finished_run, record: bytes) -> None:
+    """data/.locks/fruits.json unreadable (garbage, or caught half-written): still "in progress"."""
+    project, params = finished_run
+    from filelock import FileLock
+
+    lock_path = project / "data/.locks/fruits.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path):
+        lock_path.with_suffix(".json").write_bytes(record)
+        with pytest.raises(RuntimeError, match=r"another run of fruits is in progress in this project \(which one is "
+                                               r"unknown: .*fruits.json is unreadable\). Wait for it to finish"):
+            run_kedro(project, "fruits", params)
+
+
 def test_a_dataset_copied_from_another_s_parameters_keeps_its_own_files(finished_run) -> None:
     """conf/base/parameters_<new>.yml copied from fruits' (as the README suggests): the new
     dataset's checkpoint and outputs are its own; fruits' are untouched."""
@@ -619,10 +721,9 @@ def start_slowed(project: Path, params: dict, tmp_path: Path, target: str, secon
                "--params=" + ",".join(f"{k}={v}" for k, v in params.items())]
     process = subprocess.Popen(command, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "slow_started").exists():
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
-        time.sleep(0.05)
+    wait_until(lambda: (tmp_path / "slow_started").exists() or process.poll() is not None, 120,
+               f"{target} to be called")
+    assert process.poll() is None, process.stderr.read()[-3000:]
     return process
 
 
@@ -659,12 +760,11 @@ def test_ctrl_c_during_the_parallel_decode_stops_at_once(attempt: int, finished_
     raw = big_dataset(tmp_path / f"big{attempt}")
     params = {**params, "fruits.source.path": str(raw)}
     process = start_slowed(project, params, tmp_path, "vision_pipelines.images:decode_image", 0.2)
-    time.sleep(0.5)
+    wait_until(lambda: len(processes_of(tmp_path)) >= 2, 30, "kedro and its decode workers")
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=15)  # a hang fails here
     assert process.returncode != 0
-    time.sleep(0.5)
-    assert processes_of(tmp_path) == []
+    wait_until(lambda: processes_of(tmp_path) == [], 10, "every decode worker to end")
     assert (project / "data/05_model_input/fruits/image_cache/index.json").read_bytes() == cache_before
     run_kedro(project, "fruits", params)  # the same command then completes
     assert half_written(project) == []
@@ -679,10 +779,7 @@ def test_killing_only_kedro_s_process_leaves_no_decode_worker_behind(finished_ru
     assert len(processes_of(tmp_path)) >= 2  # kedro and its decode workers
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
-    deadline = time.time() + 10
-    while processes_of(tmp_path) and time.time() < deadline:
-        time.sleep(0.1)
-    assert processes_of(tmp_path) == []
+    wait_until(lambda: processes_of(tmp_path) == [], 10, "every decode worker to end")
 
 
 def test_sigterm_during_training_stops_within_seconds_and_the_rerun_completes(finished_run, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 
 from conftest import PROJECT_ROOT, make_class_folders, write_cache
-from vision_pipelines.config import ImageConfig, ModelConfig, SourceConfig, SplitConfig
+from vision_pipelines.config import ConfigError, ImageConfig, ModelConfig, SourceConfig, SplitConfig
 from vision_pipelines.model_card import load_model, make_card
 from vision_pipelines.models import build_model
 from vision_pipelines.pipeline_registry import dataset_names, register_pipelines
@@ -33,6 +33,22 @@ def test_registry_has_three_pipelines_per_dataset_and_a_safe_default() -> None:
     # predicting and exporting start from what training saved: one lineage in kedro-viz
     assert {"fruits.model_weights", "fruits.model_card"} <= pipelines["fruits_predict"].inputs()
     assert {"fruits.model_weights", "fruits.model_card"} <= pipelines["fruits_export"].inputs()
+
+
+@pytest.mark.parametrize("name", ["fruits_predict", "fruits_export", "__default__"])
+def test_a_dataset_named_like_a_generated_pipeline_is_refused_naming_its_file(name: str, tmp_path: Path) -> None:
+    """Its pipeline would silently replace fruits' predict or export pipeline, or the default."""
+    for dataset in ("fruits", name):
+        (tmp_path / f"parameters_{dataset}.yml").write_text(f"{dataset}:\n  train: {{epochs: 1}}\n")
+    with pytest.raises(ConfigError, match=f"parameters_{name}.yml: the dataset name '{name}' is taken by a "
+                                          "pipeline of 'fruits'.*rename the file and its top-level key"):
+        dataset_names(tmp_path)
+
+
+def test_a_dataset_whose_name_only_ends_like_a_generated_pipeline_is_fine(tmp_path: Path) -> None:
+    for dataset in ("fruits", "data_export"):
+        (tmp_path / f"parameters_{dataset}.yml").write_text(f"{dataset}: {{}}\n")
+    assert dataset_names(tmp_path) == ["data_export", "fruits"]
 
 
 def test_every_node_is_named_and_tagged_with_one_stage() -> None:

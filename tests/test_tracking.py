@@ -176,7 +176,17 @@ def test_hook_does_nothing_when_no_mlflow_run_is_open() -> None:
 
 def test_class_names_become_distinct_metric_names() -> None:
     assert metric_names(["Pomme de terre — déjà vu", "a:b", "a/b", "a_b"]) == {
-        "Pomme de terre — déjà vu": "Pomme de terre _ déjà vu", "a:b": "a_b", "a/b": "a_b_", "a_b": "a_b__"}
+        "Pomme de terre — déjà vu": "Pomme de terre _ déjà vu", "a:b": "a_b", "a/b": "a_b_2", "a_b": "a_b_3"}
+
+
+def test_long_class_names_become_distinct_metric_names_within_mlflow_s_limit() -> None:
+    """MLflow refuses a metric name over 250 characters, and with it the run's whole evaluation."""
+    prefix = "fruits.class_accuracy."
+    classes = ["x" * 240 + " apple", "x" * 240 + " kiwi", "x" * 300]
+    names = metric_names(classes, prefix)
+    assert all(len(prefix + name) <= 250 for name in names.values())
+    assert len(set(names.values())) == 3
+    assert names[classes[0]] == "x" * (250 - len(prefix))  # the first keeps as much of its name as fits
 
 
 def test_run_files_go_beside_a_sqlite_store_and_to_a_server_s_own_store() -> None:

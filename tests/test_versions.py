@@ -15,7 +15,15 @@ import pytest
 from conftest import fast_params, latest, make_folders_dataset, make_project, run_kedro
 from vision_pipelines.config import ConfigError, parse_dataset
 from vision_pipelines.datasets import JSONDataset
-from vision_pipelines.versions import FAILED, FINISHED, RunRecords, VersionError, loadable, version_before
+from vision_pipelines.versions import (
+    FAILED,
+    FINISHED,
+    RunRecords,
+    VersionError,
+    check_load_versions,
+    loadable,
+    version_before,
+)
 
 FUTURE = "2030-01-01T00.00.00.000Z"
 
@@ -53,6 +61,23 @@ def test_a_run_loads_the_version_it_saved_even_beside_one_from_the_future(tmp_pa
     this_run.save({"run": "this"})
     assert this_run.load() == {"run": "this"}
     assert project_dataset(project, None).load() == {"run": "this"}  # a later run: the newest not in the future
+
+
+def test_load_versions_must_exist_and_a_refusal_lists_the_versions_kept(tmp_path: Path) -> None:
+    from kedro.io import DataCatalog
+
+    project = make_project(tmp_path / "project")
+    for version in ("2026-01-01T00.00.00.000Z", "2026-01-02T00.00.00.000Z"):
+        project_dataset(project, version).save({"run": version})
+    catalog = DataCatalog({"fruits.metrics": project_dataset(project, None)})
+    check_load_versions(catalog, {"fruits.metrics": "2026-01-01T00.00.00.000Z"})
+    with pytest.raises(VersionError, match=r"fruits.metrics:2026-01-03T00.00.00.000Z: fruits.metrics has no version "
+                                           r"2026-01-03T00.00.00.000Z \(no .*\); versions kept, newest first: "
+                                           r"2026-01-02T00.00.00.000Z, 2026-01-01T00.00.00.000Z$"):
+        check_load_versions(catalog, {"fruits.metrics": "2026-01-03T00.00.00.000Z"})
+    with pytest.raises(VersionError, match=r"fruits.metrics:latest: 'latest' is not a version; expected "
+                                           r"fruits.metrics:YYYY-MM-DDThh.mm.ss.sssZ"):
+        check_load_versions(catalog, {"fruits.metrics": "latest"})
 
 
 def test_model_version_is_latest_best_or_a_version() -> None:

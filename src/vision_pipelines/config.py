@@ -25,6 +25,8 @@ SUBSETS = ("train", "val", "test", "predict")
 # A Kedro version: the timestamp of the run that saved it (kedro.io.core.VERSION_FORMAT, to the ms).
 VERSION_PATTERN = r"\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d\.\d{3}Z"
 MODEL_VERSIONS = ("latest", "best")  # or one version
+# Seeds become numpy and torch generator seeds, which take a signed 64-bit integer.
+SEED_LIMIT = 2**63
 
 
 class ConfigError(ValueError):
@@ -107,6 +109,11 @@ def _check_range(obj: Settings, name: str, low: float | None = None, high: float
     raise ConfigError(f"{obj.section}.{name} must be {wanted}, got {value}")
 
 
+def _check_seed(obj: Settings) -> None:
+    if not 0 <= obj.seed < SEED_LIMIT:
+        raise ConfigError(f"{obj.section}.seed must be in [0, 2**63), got {obj.seed}")
+
+
 @dataclass(frozen=True)
 class SourceConfig(Settings):
     """Where the images come from and how their folders map to (file, label, subset)."""
@@ -163,6 +170,7 @@ class SplitConfig(Settings):
             raise ConfigError("split.val_fraction + split.test_fraction must be in (0, 1), got "
                               f"{self.val_fraction + self.test_fraction}")
         _check_range(self, "min_train_per_class", 1, high=None)
+        _check_seed(self)
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,7 @@ class TrainConfig(Settings):
         _check_range(self, "crop_padding", 0, high=None)
         _check_choice(self, "optimizer", ("adam", "sgd"))
         _check_choice(self, "keep", ("last", "best_val_loss"))
+        _check_seed(self)
         world = self.distributed.nproc_per_node * self.distributed.nnodes
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of the "

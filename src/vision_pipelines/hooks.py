@@ -26,13 +26,14 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset, MemoryDataset
 from omegaconf import OmegaConf
 
-from .atomic import PARTIAL
+from .atomic import PARTIAL, write_atomically
 from .config import ConfigError, parse_dataset
 from .versions import (
     FAILED,
     FINISHED,
     KeptModel,
     RunRecords,
+    check_load_versions,
     load_version,
     use_model,
     version_at,
@@ -49,7 +50,9 @@ class KaggleCredentialsHook:
     since that is where Kedro keeps secrets whatever the run environment.
     """
 
-    @hook_impl
+    # tryfirst: before kedro-mlflow's, whose failure on a broken store (tracking.py goes on
+    # without tracking) would leave the hooks after it uncalled
+    @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
         if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
             return
@@ -116,8 +119,9 @@ class ValidateParametersHook:
 class RunGuardHook:
     """Around each run, for every dataset it touches:
 
-    - before any node runs, check each output folder is writable, and that what the run reads
-      from earlier runs exists (a trained model for ``<dataset>_predict``, say);
+    - before any node runs, check each ``--load-versions`` entry names a version that exists, each
+      output folder is writable, and that what the run reads from earlier runs exists (a trained
+      model for ``<dataset>_predict``, say);
     - hold a lock: a second run of the same dataset in this project is refused, naming the
       first, rather than mixing its outputs with the first's (other datasets run freely);
     - keep files an earlier, unversioned run left where versioned outputs now go, as a version;
@@ -136,6 +140,7 @@ class RunGuardHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        check_load_versions(catalog, run_params.get("load_versions") or {})
         outputs = sorted(pipeline.all_outputs())
         folders = sorted({folder for name in outputs if (folder := _folder_of(catalog, name))})
         for folder in folders:
@@ -266,15 +271,27 @@ def _lock(path: Path, dataset: str) -> FileLock:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        other = json.loads(holder.read_text()) if holder.is_file() else {}
         raise RuntimeError(
-            f"another run of {dataset} is in progress in this project (pid {other.get('pid', '?')} on "
-            f"{other.get('host', '?')}, started {other.get('started', '?')}: {other.get('command', '?')}). "
+            f"another run of {dataset} is in progress in this project ({_holder(holder)}). "
             "Wait for it to finish or stop it; runs of other datasets can go ahead.") from None
-    holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                  "command": redact_url(" ".join(sys.argv))}))
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": redact_url(" ".join(sys.argv))}
+    write_atomically(holder, json.dumps(record).encode())  # never half-written for a second run to read
     return lock
+
+
+def _holder(record: Path) -> str:
+    """Which run holds a dataset's lock, from the record it wrote (``data/.locks/<dataset>.json``)."""
+    try:
+        other = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it has not said which yet"
+    except (OSError, ValueError):  # garbled: UnicodeDecodeError and JSONDecodeError are ValueErrors
+        other = None
+    if not isinstance(other, dict):
+        return f"which one is unknown: {record} is unreadable"
+    return (f"pid {other.get('pid', '?')} on {other.get('host', '?')}, started {other.get('started', '?')}: "
+            f"{other.get('command', '?')}")
 
 
 def _use_chosen_model(catalog, pipeline, dataset: str, load_versions: dict[str, str]) -> None:

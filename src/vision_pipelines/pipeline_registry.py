@@ -15,13 +15,26 @@ from pathlib import Path
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
+from .config import ConfigError
+
 DEFAULT_DATASET = "fruits"
+GENERATED = ("predict", "export")  # each dataset <d> also has the pipelines <d>_predict and <d>_export
 
 
 def dataset_names(conf_base: Path | None = None) -> list[str]:
-    """Names of the datasets configured in ``conf/base/parameters_<name>.yml``."""
+    """Names of the datasets configured in ``conf/base/parameters_<name>.yml``; a name that is
+    also a pipeline the registry makes (``fruits_predict``, ``__default__``) is refused, naming
+    its file: that dataset's pipeline would silently replace the other."""
     conf_base = conf_base or _conf_base()
-    return sorted(p.stem.removeprefix("parameters_") for p in conf_base.glob("parameters_*.yml"))
+    names = sorted(p.stem.removeprefix("parameters_") for p in conf_base.glob("parameters_*.yml"))
+    made = {f"{name}_{kind}": name for name in names for kind in GENERATED} | {"__default__": DEFAULT_DATASET}
+    for name in names:
+        if name in made:
+            raise ConfigError(f"{conf_base / f'parameters_{name}.yml'}: the dataset name {name!r} is taken by a "
+                              f"pipeline of {made[name]!r} (every dataset <d> has the pipelines <d>, <d>_predict "
+                              f"and <d>_export; __default__ runs {DEFAULT_DATASET}): rename the file and its "
+                              "top-level key")
+    return names
 
 
 def register_pipelines() -> dict[str, Pipeline]:

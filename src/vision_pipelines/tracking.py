@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,30 @@ class _Tracking:
         if not cls.off:
             from .sources.downloads import redact_url
 
-            uri = redact_url(os.environ.get("MLFLOW_TRACKING_URI") or _current_uri())
-            log.warning("MLflow tracking is off for this run: %s failed (%s: %s). The run goes on and "
-                        "saves its outputs as usual; nothing of it is in MLflow.", uri, type(error).__name__,
-                        redact_url(str(error))[:300])
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or _current_uri()
+            database = _sqlite_error(error)
+            if uri.startswith("sqlite:///") and database:  # a damaged or read-only mlflow.db
+                store = uri.removeprefix("sqlite:///").split("?")[0]
+                log.warning("MLflow store %s cannot be used (%s): this run goes on without tracking. Move the file "
+                            "away to start a new store (mv %s %s.broken), or set MLFLOW_TRACKING_URI to another "
+                            "store", store, database, store, store)
+            else:
+                log.warning("MLflow tracking is off for this run: %s failed (%s: %s). The run goes on and "
+                            "saves its outputs as usual; nothing of it is in MLflow.", redact_url(uri),
+                            type(error).__name__, redact_url(str(error))[:300])
         cls.off = True
         _drop_active_runs()
+
+
+def _sqlite_error(error: BaseException | None) -> str | None:
+    """SQLite's own words (``file is not a database``), when ``error`` comes from the store's file."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sqlite3.Error):
+            return str(error)
+        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
+    return None
 
 
 def _current_uri() -> str:
@@ -207,8 +226,9 @@ class MlflowTrackingHook:
             if kind != "train":  # a run that uses a model: its own settings, not the ones the model was trained with
                 settings = {key: value for key, value in settings.items() if key in _sections_read(pipeline, dataset)}
             self._client.log_batch(self._run_id, params=_params(flatten(settings, prefix=dataset)))
+            uses_model = kind != "train" and f"{dataset}.model_card" in pipeline.inputs()  # not --tags=download,split
             tags["mlflow.runName"] = run_name(dataset, kind, runtime.get(dataset) or {},
-                                              None if kind == "train" else self._model_used(dataset, tags))
+                                              self._model_used(dataset, tags) if uses_model else None)
         self._client.log_batch(self._run_id, tags=_tags(tags))
 
     @hook_impl
@@ -288,7 +308,7 @@ class MlflowTrackingHook:
     def _log_evaluation(self, dataset: str, metrics: dict[str, Any]) -> None:
         """Accuracy, macro F1 and each class's accuracy (classes without images have none)."""
         values = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-        names = metric_names(list(metrics["per_class"]))
+        names = metric_names(list(metrics["per_class"]), prefix=f"{dataset}.class_accuracy.")
         values.update({f"class_accuracy.{names[name]}": scores["accuracy"]
                        for name, scores in metrics["per_class"].items() if scores["support"]})
         from mlflow.entities import Metric, RunTag
@@ -357,14 +377,22 @@ def flatten(settings: dict[str, Any], prefix: str) -> dict[str, Any]:
     return flat
 
 
-def metric_names(class_names: list[str]) -> dict[str, str]:
-    """A distinct MLflow metric name for each class: letters, digits, ``_ - .`` and spaces kept,
-    anything else (slashes, colons, dashes of other kinds) becomes ``_``."""
+MAX_KEY = 250  # MLflow refuses a longer metric name, and with it the whole batch (MAX_ENTITY_KEY_LENGTH)
+
+
+def metric_names(class_names: list[str], prefix: str = "") -> dict[str, str]:
+    """A distinct MLflow metric name for each class, within MLflow's length limit once ``prefix``
+    (``fruits.class_accuracy.``) is put before it: letters, digits, ``_ - .`` and spaces kept,
+    anything else (slashes, colons, dashes of other kinds) becomes ``_``; a longer name is cut,
+    and a name another class already has gets ``_2``, ``_3``, ..."""
+    room = MAX_KEY - len(prefix)
     names: dict[str, str] = {}
     for class_name in class_names:
-        name = re.sub(r"[^\w.\- ]", "_", class_name)
-        while name in names.values():  # "a:b" and "a/b" both read "a_b"
-            name += "_"
+        base = re.sub(r"[^\w.\- ]", "_", class_name)[:room]
+        name, repeat = base, 1
+        while name in names.values():  # "a:b" and "a/b" both read "a_b"; two long names cut alike
+            repeat += 1
+            name = base[:room - len(f"_{repeat}")] + f"_{repeat}"
         names[class_name] = name
     return names
 

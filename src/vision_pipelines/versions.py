@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -39,6 +40,7 @@ from kedro.io.core import VERSION_FORMAT, VersionNotFoundError, generate_timesta
 from kedro.utils import find_kedro_project
 
 from .atomic import write_atomically
+from .config import VERSION_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +223,36 @@ def choose_model(catalog, dataset: str, setting: str, manifest: str | None) -> K
         raise VersionError(f"{dataset}.model_version={setting}: no model of that version was kept by a finished "
                            f"run; kept models, newest first: {', '.join(m.version for m in models[:10])}")
     return named[0]
+
+
+def check_load_versions(catalog, load_versions: dict[str, str]) -> None:
+    """Refuse, before any node runs, a ``--load-versions`` entry that is no version string or
+    names a version its dataset does not have, listing the versions that can be loaded."""
+    for name, version in sorted(load_versions.items()):
+        dataset = catalog.get(name)
+        if not isinstance(dataset, AbstractVersionedDataset):
+            continue  # Kedro ignores a version for an unversioned dataset
+        if not re.fullmatch(VERSION_PATTERN, version):
+            raise VersionError(f"--load-versions={name}:{version}: {version!r} is not a version; expected "
+                               f"{name}:YYYY-MM-DDThh.mm.ss.sssZ, the name of a folder in {dataset._filepath}"
+                               f"{_kept_versions(catalog, name)}")
+        if not has_version(catalog, name, version):
+            raise VersionError(f"--load-versions={name}:{version}: {name} has no version {version} (no "
+                               f"{dataset._get_versioned_path(version)}){_kept_versions(catalog, name)}")
+
+
+def _kept_versions(catalog, name: str) -> str:
+    """``; versions kept, newest first: ...`` (models: those whose weights and card a finished run kept)."""
+    dataset, entry = name.split(".", 1) if "." in name else (name, "")
+    if entry in ("model_card", "model_weights"):
+        versions = [m.version for m in kept_models(catalog, dataset)]
+    else:
+        found = catalog.get(name)
+        versions = loadable(found.list_versions(full_path=False), records_for(found._filepath), str(found._filepath))
+    if not versions:
+        return f"; none is kept yet: run kedro run --pipelines={dataset} first"
+    more = f" and {len(versions) - 10} older" if len(versions) > 10 else ""
+    return f"; versions kept, newest first: {', '.join(versions[:10])}{more}"
 
 
 def use_model(catalog, dataset: str, setting: str, entries=()) -> KeptModel:

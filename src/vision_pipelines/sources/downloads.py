@@ -127,6 +127,8 @@ def redact_url(text: str) -> str:
 
     def redact(match: re.Match) -> str:
         parts = urllib.parse.urlsplit(match.group(0))
+        if "@" not in parts.netloc and not parts.query and not parts.fragment:
+            return match.group(0)  # nothing to hide: as written (urlunsplit would drop sqlite:////'s slashes)
         netloc = f"***@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
         query = "&".join(f"{pair.split('=', 1)[0]}=***" for pair in parts.query.split("&") if pair)
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
