@@ -7,6 +7,7 @@ pyproject.toml into a temporary folder and runs Kedro there.
 from __future__ import annotations
 
 import http.server
+import logging
 import os
 import shutil
 import sys
@@ -284,3 +285,16 @@ def session_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
+
+
+@pytest.fixture
+def project_log(caplog: pytest.LogCaptureFixture):
+    """This project's log lines (``vision_pipelines`` and below), whatever the logging configuration
+    Kedro installs (its first import would remove a handler attached before)."""
+    import kedro.framework.project  # noqa: F401
+
+    logger = logging.getLogger("vision_pipelines")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="vision_pipelines")
+    yield caplog
+    logger.removeHandler(caplog.handler)

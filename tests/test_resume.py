@@ -108,19 +108,6 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, dat
 # --- a rerun redoes nothing that is up to date ------------------------------------------------
 
 
-@pytest.fixture
-def project_log(caplog: pytest.LogCaptureFixture):
-    """This project's log lines, whatever the logging configuration Kedro installs (its first
-    import would remove a handler attached before)."""
-    import kedro.framework.project  # noqa: F401
-
-    logger = logging.getLogger("vision_pipelines")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="vision_pipelines")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def test_a_rerun_decodes_nothing_until_an_image_an_image_setting_or_the_split_changes(
         kedro_project: Path, tmp_path: Path, project_log: pytest.LogCaptureFixture) -> None:
     images = make_folders_dataset(tmp_path / "images", ("a", "b", "c"), train=8, test=2)

@@ -5,7 +5,6 @@ cache's shards, a window of shards at a time, and still sees every image once pe
 from __future__ import annotations
 
 import dataclasses
-import logging
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -44,21 +43,8 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
     return images // batch_size + (images % batch_size >= 2)
 
 
-@pytest.fixture
-def engine_log(caplog: pytest.LogCaptureFixture):
-    """The engine's log lines, whatever the logging configuration Kedro installs (on its first
-    import, which would remove a handler attached before)."""
-    import kedro.framework.project  # noqa: F401
-
-    logger = logging.getLogger("vision_pipelines.engine")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="vision_pipelines.engine")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def test_a_run_with_a_memory_cap_trains_from_the_streamed_cache(kedro_project: Path, tmp_path: Path,
-                                                                engine_log: pytest.LogCaptureFixture) -> None:
+                                                                project_log: pytest.LogCaptureFixture) -> None:
     images = tmp_path / "images"
     make_class_folders(images / "Training", ["Apple", "Banana", "Kiwi"], 20)
     make_class_folders(images / "Test", ["Apple", "Banana", "Kiwi"], 4, start_seed=500)
@@ -67,8 +53,8 @@ def test_a_run_with_a_memory_cap_trains_from_the_streamed_cache(kedro_project: P
     run_kedro(kedro_project, "fruits", params)
 
     cache = ImageCache(kedro_project / "data/05_model_input/fruits/image_cache")
-    assert "train images (0.0 GB) exceed the memory limit (0.0 GB): streaming them from" in engine_log.text
-    assert str(cache.folder) in engine_log.text
+    assert "train images (0.0 GB) exceed the memory limit (0.0 GB): streaming them from" in project_log.text
+    assert str(cache.folder) in project_log.text
     stream = cache.stream("train")
     assert len(stream.paths) > 2 * stream.window  # several windows of shards per epoch
     reports = kedro_project / "data/08_reporting/fruits"
