@@ -157,7 +157,8 @@ def _reusable(folder: Path, build: CacheBuild) -> ImageCache | None:
     try:
         cache = ImageCache(folder)
         if cache.index.get("built_from") != build.built_from:
-            log.info("the images or image settings changed since the image cache was built: rebuilding it")
+            log.info("the images, the split or the image settings changed since the image cache was built: "
+                     "decoding them again")
             return None
         cache.verify()
         return cache
