@@ -143,8 +143,8 @@ def test_plots_model_card_and_weights_are_run_artifacts_beside_the_store(two_run
 def without_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the `mlflow` extra were not installed: mlflow and kedro-mlflow cannot be imported,
     and Kedro finds no kedro-mlflow plugin to register hooks from."""
-    monkeypatch.setitem(sys.modules, "mlflow", None)
-    monkeypatch.setitem(sys.modules, "kedro_mlflow", None)
+    for name in ["mlflow", "kedro_mlflow", *(m for m in sys.modules if m.startswith(("mlflow.", "kedro_mlflow.")))]:
+        monkeypatch.setitem(sys.modules, name, None)  # submodules too: an earlier test may have imported them
     installed = importlib.metadata.distributions
     monkeypatch.setattr(importlib.metadata, "distributions", lambda **kwargs: [
         d for d in installed(**kwargs) if d.metadata["Name"].replace("_", "-").lower() != "kedro-mlflow"])
