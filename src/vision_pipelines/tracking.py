@@ -78,13 +78,14 @@ class _Tracking:
     """Whether this run's tracking failed; the first failure is said once."""
 
     off = False
+    uri: str | None = None  # the store this session tracks to, as mlflow.yml resolves it
 
     @classmethod
     def fail(cls, error: BaseException) -> None:
         if not cls.off:
             from .sources.downloads import redact_url
 
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or _current_uri()
+            uri = cls.uri or _current_uri()
             database = _sqlite_error(error)
             if uri.startswith("sqlite:///") and database:  # a damaged or read-only mlflow.db
                 store = uri.removeprefix("sqlite:///").split("?")[0]
@@ -108,6 +109,16 @@ def _sqlite_error(error: BaseException | None) -> str | None:
             return str(error)
         error = getattr(error, "orig", None) or error.__cause__ or error.__context__
     return None
+
+
+def _configured_uri(context) -> str | None:
+    """The tracking URI mlflow.yml names for this project (``MLFLOW_TRACKING_URI`` when set)."""
+    loader = context.config_loader
+    loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])  # as kedro-mlflow adds it
+    try:
+        return str(loader["mlflow"]["server"]["mlflow_tracking_uri"])
+    except Exception:  # noqa: BLE001 - no mlflow.yml, or one without a server section: MLflow's own default
+        return None
 
 
 def _current_uri() -> str:
@@ -158,7 +169,7 @@ class GuardedMlflowHook:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        _Tracking.off = False  # a new session: try the server again
+        _Tracking.off, _Tracking.uri = False, _configured_uri(context)  # a new session: try the server again
         self._call("after_context_created", context=context)
 
     @hook_impl
