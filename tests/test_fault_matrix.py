@@ -264,12 +264,13 @@ def finished_run(finished_template: tuple[Path, dict], tmp_path: Path,
 def snapshot(project: Path) -> dict[str, tuple[bytes, int]]:
     """Content and modification time of every output file and of the raw data behind the link.
 
-    Modification times catch a node that ran and wrote the same bytes again.
+    Modification times catch a node that ran and wrote the same bytes again. Locks (of runs and of
+    downloads) and run records (data/.runs) are bookkeeping, not outputs.
     """
     raw = (project / "data/01_raw/fruits").resolve()
     files = {f"raw/{p.relative_to(raw)}": p for p in raw.rglob("*") if p.is_file()}
     files.update({str(p.relative_to(project)): p for p in (project / "data").rglob("*")
-                  if p.is_file() and ".locks" not in p.parts})
+                  if p.is_file() and p.suffix != ".lock" and not {".locks", ".runs"} & set(p.parts)})
     return {name: (path.read_bytes(), path.stat().st_mtime_ns) for name, path in files.items()}
 
 
