@@ -469,7 +469,9 @@ def test_new_images_with_an_old_model_are_refused_naming_the_stage_to_rerun(fini
     """The image folder changes; only download and split re-run; evaluate must not pair the new
     manifest with the old cache and model."""
     project, params = finished_run
-    raw = (project / "data/01_raw/fruits").resolve()
+    # a copy of the images: the run's raw folder is the module's template's, which other tests read
+    raw = shutil.copytree((project / "data/01_raw/fruits").resolve(), tmp_path / "raw")
+    params = {**params, "fruits.source.path": str(raw)}
     (raw / "Test" / "kiwi" / "0.jpg").unlink()
     make_image(raw / "Test" / "lime" / "new.jpg", 2)
     run_kedro(project, "fruits", params, tags=["download", "split"])
