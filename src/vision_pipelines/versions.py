@@ -95,6 +95,7 @@ def _unfinished(folder: Path, changed: int) -> frozenset[str]:
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object; None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -180,10 +181,7 @@ class KeptModel:
 
 
 def _read_json(dataset: AbstractVersionedDataset, version: str) -> dict[str, Any]:
-    try:
-        return json.loads(Path(str(dataset._get_versioned_path(version))).read_text())
-    except (OSError, ValueError):
-        return {}
+    return _read_record(Path(str(dataset._get_versioned_path(version)))) or {}
 
 
 def kept_models(catalog, dataset: str) -> list[KeptModel]:
