@@ -13,10 +13,8 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from .versions import (
     RunRecords,
     check_load_versions,
     load_version,
+    this_process,
     use_model,
     version_at,
     version_before,
@@ -263,8 +262,6 @@ def _check_inputs_exist(pipeline, catalog) -> None:
 
 def _lock(path: Path, dataset: str) -> FileLock:
     """Hold ``path``'s lock for this run, or refuse naming the run that holds it."""
-    from .sources.downloads import redact_url  # pandas, through .sources: only once a run starts
-
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     holder = path.with_suffix(".json")
@@ -274,9 +271,7 @@ def _lock(path: Path, dataset: str) -> FileLock:
         raise RuntimeError(
             f"another run of {dataset} is in progress in this project ({_holder(holder)}). "
             "Wait for it to finish or stop it; runs of other datasets can go ahead.") from None
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": redact_url(" ".join(sys.argv))}
-    write_atomically(holder, json.dumps(record).encode())  # never half-written for a second run to read
+    write_atomically(holder, json.dumps(this_process()).encode())  # never half-written for a second run to read
     return lock
 
 

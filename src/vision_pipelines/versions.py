@@ -59,12 +59,7 @@ class RunRecords:
         self.folder = Path(project) / RUNS
 
     def start(self, version: str, pipelines: list[str]) -> None:
-        from .sources.downloads import redact_url  # pandas, through .sources: only once a run starts
-
-        self._write(version, {"version": version, "status": RUNNING, "pipelines": pipelines,
-                              "command": redact_url(" ".join(sys.argv)), "pid": os.getpid(),
-                              "host": socket.gethostname(),
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        self._write(version, {"version": version, "status": RUNNING, "pipelines": pipelines, **this_process()})
 
     def end(self, version: str, status: str, **details: Any) -> None:
         """Rewrite the record with its outcome: the versions it saved become loadable at once if finished."""
@@ -86,6 +81,15 @@ class RunRecords:
     def _write(self, version: str, record: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomically(self.folder / f"{version}.json", json.dumps(record, indent=1).encode())
+
+
+def this_process() -> dict[str, Any]:
+    """Who is running: pid, host, start time and the command (its URLs' secrets hidden), as the
+    run records and the run locks name it."""
+    from .sources.downloads import redact_url  # pandas, through .sources: only once a run starts
+
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": redact_url(" ".join(sys.argv))}
 
 
 @lru_cache(maxsize=16)
@@ -123,7 +127,7 @@ class RunVersioned:
     def _fetch_latest_load_version(self: AbstractVersionedDataset) -> str:
         if self._cached_load_version is not None:
             return self._cached_load_version
-        usable = loadable(self.list_versions(full_path=False), records_for(self._filepath), str(self._filepath))
+        usable = loadable_versions(self)
         own = self._version.save if self._version else None
         if own and self._exists_function(str(self._get_versioned_path(own))):
             usable.insert(0, own)
@@ -131,6 +135,11 @@ class RunVersioned:
             raise VersionNotFoundError(f"Did not find any versions for {self}")
         self._cached_load_version = usable[0]
         return usable[0]
+
+
+def loadable_versions(dataset: AbstractVersionedDataset) -> list[str]:
+    """The versions of ``dataset`` a run may load by default, newest first (``loadable``)."""
+    return loadable(dataset.list_versions(full_path=False), records_for(dataset._filepath), str(dataset._filepath))
 
 
 def loadable(versions: list[str], records: RunRecords | None, what: str) -> list[str]:
@@ -188,9 +197,7 @@ def kept_models(catalog, dataset: str) -> list[KeptModel]:
     """The models of ``dataset`` that finished runs kept (weights and card), newest first."""
     weights, card = catalog.get(f"{dataset}.model_weights"), catalog.get(f"{dataset}.model_card")
     with_weights = set(weights.list_versions(full_path=False))
-    versions = [v for v in card.list_versions(full_path=False) if v in with_weights]
-    return [KeptModel.read(catalog, dataset, v)
-            for v in loadable(versions, records_for(card._filepath), str(card._filepath))]
+    return [KeptModel.read(catalog, dataset, v) for v in loadable_versions(card) if v in with_weights]
 
 
 def choose_model(catalog, dataset: str, setting: str, manifest: str | None) -> KeptModel:
@@ -219,7 +226,7 @@ def choose_model(catalog, dataset: str, setting: str, manifest: str | None) -> K
     named = [m for m in models if m.version == setting]
     if not named:
         raise VersionError(f"{dataset}.model_version={setting}: no model of that version was kept by a finished "
-                           f"run; kept models, newest first: {', '.join(m.version for m in models[:10])}")
+                           f"run{_kept_versions(catalog, f'{dataset}.model_card')}")
     return named[0]
 
 
@@ -245,8 +252,7 @@ def _kept_versions(catalog, name: str) -> str:
     if entry in ("model_card", "model_weights"):
         versions = [m.version for m in kept_models(catalog, dataset)]
     else:
-        found = catalog.get(name)
-        versions = loadable(found.list_versions(full_path=False), records_for(found._filepath), str(found._filepath))
+        versions = loadable_versions(catalog.get(name))
     if not versions:
         return f"; none is kept yet: run kedro run --pipelines={dataset} first"
     more = f" and {len(versions) - 10} older" if len(versions) > 10 else ""
