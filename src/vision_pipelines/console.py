@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 log = logging.getLogger("vision_pipelines")
 
 # Deprecation notices libraries give about their own code or one another's, which a user of this
-# project can do nothing about: torch.jit's (the TorchScript export), FastAPI's in kedro-viz,
+# project can do nothing about: torch.jit's (which torch's own code still calls), FastAPI's in kedro-viz,
 # pydantic's in kedro-mlflow. Named by the package the warning points at.
 UPSTREAM_CHATTER = ("torch/jit", "kedro_viz", "kedro_mlflow")
 WARNING_LINE = re.compile(r"(?P<file>.*?):\d+: (?P<category>\w+): ")  # warnings.formatwarning's
