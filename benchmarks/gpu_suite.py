@@ -77,7 +77,7 @@ from common import (  # noqa: E402
     project_parameters,
     write_record,
 )
-from vision_pipelines import distributed, engine, lineage  # noqa: E402
+from vision_pipelines import collectives, distributed, engine, lineage  # noqa: E402
 from vision_pipelines.cache import ImageCache, write_cache  # noqa: E402
 from vision_pipelines.config import DatasetConfig, EvaluateConfig, parse_dataset  # noqa: E402
 from vision_pipelines.loader import Loader, MemoryImages, resolve_device  # noqa: E402
@@ -364,7 +364,7 @@ def ddp(cache: ImageCache, config: DatasetConfig, sizes: Sizes, reference: Refer
     launched, weights = train_and_test(job, config.evaluate, launch=True)
     plain = reference.figures
     return {"epochs": sizes.check_epochs, "deterministic": reference.deterministic,
-            "backend": distributed.backend_for("auto", resolve_device("auto")),
+            "backend": collectives.backend_for("auto", resolve_device("auto")),
             "epoch_seconds": {"plain": steady(plain["epoch_seconds"]),
                               "ddp_1_process": steady(launched["epoch_seconds"])},
             "launched_run_seconds": launched["train_seconds"],

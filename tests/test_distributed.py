@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import KEDRO, latest, make_folders_dataset, make_project, run_kedro, wait_until
-from vision_pipelines.distributed import sync_batchnorm
+from vision_pipelines.collectives import sync_batchnorm
 
 SIGINT_BEFORE, SIGTERM_BEFORE = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 EPOCHS = 8

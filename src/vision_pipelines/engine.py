@@ -31,9 +31,9 @@ from torch import nn
 
 from .atomic import write_atomically
 from .cache import ImageCache, ShardedImages
+from .collectives import rank_and_world, share_buffers, sync_batchnorm
 from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
 from .console import Progress, format_seconds
-from .distributed import sync_batchnorm
 from .loader import Loader, MemoryImages
 from .models import build_model, count_parameters
 
@@ -64,11 +64,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS for it
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes training together (0, 1 when alone)."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 class TrainStep:
@@ -321,7 +316,7 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
         for epoch in range(state.epoch + 1, config.epochs + 1):
             epoch_started = time.time()
             row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta)}
-            _share_buffers(step.network)
+            share_buffers(step.network)
             row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
             row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
             stop_if_diverged(row, state.steps[0]["loss"], config, validated=len(val.labels) > 0)
@@ -349,13 +344,6 @@ def stop_if_diverged(row: dict, first_loss: float, config: TrainConfig, validate
         f"training diverged in epoch {row['epoch']}: train loss {train_loss:.3g} (first step {first_loss:.3g}), "
         f"validation loss {val_loss:.3g}. Neither the model nor this epoch's checkpoint was saved: lower "
         f"train.max_lr (now {config.max_lr:g}) and run again")
-
-
-def _share_buffers(network: nn.Module) -> None:
-    """Give every process rank 0's batch-norm statistics, so all hold the same model."""
-    if dist.is_initialized():
-        for buffer in network.buffers():
-            dist.broadcast(buffer, src=0)
 
 
 @torch.no_grad()
