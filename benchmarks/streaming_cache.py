@@ -14,7 +14,7 @@ Everything goes through the project's own code:
    disk; and a small cache of the same images, one streaming window's worth, that fits in memory.
 3. training (``engine.TrainStep`` over the train stage's ``Loader``, intel's ``--env=cpu``
    profile: ResNet9 width 16, 64 px, batch 32) streamed from the large cache vs in memory from
-   the small one. ``engine.subset_images`` picks the path with the default ``images.max_memory_gb``
+   the small one. ``subset_images`` picks the path with the default ``images.max_memory_gb``
    (half the memory available), as in a real run. Each path trains in its own fresh process (its
    own peak RSS); the two take turns window after window of a few steps, so that load from
    elsewhere on a shared machine hits both alike; the median window is reported.
@@ -66,7 +66,7 @@ from vision_pipelines.config import (
     TrainConfig,
     parse,
 )
-from vision_pipelines.loader import Loader
+from vision_pipelines.loader import Loader, memory_limit_bytes, subset_images
 from vision_pipelines.models import build_model
 
 PROFILE = ("intel", "cpu")  # whose parameters: ResNet9 width 16, 64 px, batch 32
@@ -188,8 +188,8 @@ def training_loader(folder: Path, settings: dict[str, Any]) -> tuple[Loader, Ima
     """The training loader the train stage makes: in memory or streamed, as ``engine.train`` decides."""
     images, _, compute, train = configs(settings)
     cache = ImageCache(folder)
-    limit = engine.memory_limit_bytes(images)
-    data = engine.subset_images(cache, "train", limit)
+    limit = memory_limit_bytes(images)
+    data = subset_images(cache, "train", limit)
     loader = Loader.create(data, cache.labels("train"), images.mean, images.std, train.batch_size, compute,
                            crop_padding=train.crop_padding, flip=train.flip,
                            generator=torch.Generator().manual_seed(train.seed))
@@ -205,7 +205,7 @@ def read_pass(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     reads them), no batches: the time streaming adds per epoch, and the peak RSS over the epoch."""
     images, _, _, train = configs(settings)
     cache = ImageCache(folder)
-    stream = engine.subset_images(cache, "train", engine.memory_limit_bytes(images))
+    stream = subset_images(cache, "train", memory_limit_bytes(images))
     assert isinstance(stream, ShardedImages), f"{folder} fits in memory: nothing to stream"
     seen, windows, started = 0, 0, time.perf_counter()
     for window, _, _ in stream.chunks(torch.Generator().manual_seed(train.seed)):

@@ -24,7 +24,7 @@ from conftest import FP32_CPU, latest, run_kedro, sample_dir
 from vision_pipelines import engine, loader
 from vision_pipelines.cache import ImageCache
 from vision_pipelines.config import ComputeConfig
-from vision_pipelines.loader import Loader, MemoryImages
+from vision_pipelines.loader import Loader
 from vision_pipelines.model_card import load_model
 
 MODELS = Path("data/06_models/fruits")
@@ -44,8 +44,7 @@ def exported(fruits_fp32_run: Path) -> dict:
     card_json = json.loads(latest(project / MODELS / "model_card.json").read_text())
     card, network = load_model(card_json, load_file(latest(project / MODELS / "model.safetensors")))
     images = ImageCache(project / "data/05_model_input/fruits/image_cache").images("test")
-    fp32 = Loader.create(MemoryImages(images), torch.full((len(images),), -1), card.mean, card.std, 256,
-                         ComputeConfig(device="cpu", mixed_precision=False))
+    fp32 = Loader.unlabelled(images, card.mean, card.std, 256, ComputeConfig(device="cpu", mixed_precision=False))
     return {"project": project, "card": card, "card_json": card_json, "images": images,
             "reference": engine.predict(network, fp32)}
 
@@ -170,8 +169,7 @@ def test_each_architecture_exports_with_its_normalisation_inside(name: str, chan
     weights = {k: v.clone() for k, v in network.state_dict().items()}
     card = make_card(model, images, ["a", "b", "c", "d"], weights, {}, {}, {})
     pixels = torch.randint(0, 256, (5, channels, 32, 32), dtype=torch.uint8)
-    fp32 = Loader.create(MemoryImages(pixels), torch.full((5,), -1), images.mean, images.std, 2,
-                         ComputeConfig(device="cpu", mixed_precision=False))
+    fp32 = Loader.unlabelled(pixels, images.mean, images.std, 2, ComputeConfig(device="cpu", mixed_precision=False))
     reference = engine.predict(network, fp32)
 
     session = onnxruntime.InferenceSession(export_onnx(weights, card), providers=["CPUExecutionProvider"])

@@ -46,6 +46,17 @@ def test_evaluation_goes_through_the_set_once_in_order() -> None:
     assert batches[0][0].dtype == torch.float32
 
 
+@pytest.mark.parametrize("store", ["tensor", "streamed"])
+def test_an_unlabelled_loader_goes_through_the_images_once_in_order(store: str, tmp_path: Path) -> None:
+    images = IMAGES if store == "tensor" else sharded(tmp_path)
+    unlabelled = Loader.unlabelled(images, [0.0], [1 / 255], 8, NCHW)
+    batches = list(unlabelled)
+    assert len(batches) == len(unlabelled) == 7  # 6 batches of 8, then 2
+    assert sum((image_ids(x) for x, _ in batches), []) == list(range(N))
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.full((N,), -1))
+    assert unlabelled.memory_format == torch.contiguous_format and not unlabelled.amp  # compute's settings
+
+
 @pytest.mark.parametrize("store", ["memory", "streamed"])
 def test_training_sees_every_image_once_per_epoch_with_its_label(store: str, tmp_path: Path) -> None:
     images = MemoryImages(IMAGES) if store == "memory" else sharded(tmp_path)

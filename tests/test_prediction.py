@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from conftest import FP32_CPU, latest, make_class_folders, make_image, run_kedro, sample_dir
 from vision_pipelines import engine
 from vision_pipelines.cache import ImageCache
-from vision_pipelines.config import ComputeConfig, ConfigError
+from vision_pipelines.config import ComputeConfig, ConfigError, PredictConfig
 from vision_pipelines.lineage import LineageError
 from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.model_card import load_model
@@ -98,7 +98,7 @@ def test_predictions_equal_engine_predict_on_the_training_cache(project: Path) -
     assert np.allclose(table.loc[files, "confidence"], confidence.numpy(), rtol=0, atol=1e-6)
     # and the pixels themselves: the files decode to the cache's bytes
     _, seen = classify_files([images_root / "Test" / f for f in files], card, network, COMPUTE,
-                             workers=1, shown=len(files))
+                             PredictConfig(grid_size=len(files)), workers=1)
     assert torch.equal(torch.from_numpy(seen), cache.images("test"))
 
 

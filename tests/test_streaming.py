@@ -1,4 +1,4 @@
-"""Training sets larger than memory (engine.subset_images, cache.ShardedImages, loader.Loader):
+"""Training sets larger than memory (subset_images, cache.ShardedImages, loader.Loader):
 with ``images.max_memory_gb`` below the training set's size, training streams it from the
 cache's shards, a window of shards at a time, and still sees every image once per epoch."""
 
@@ -30,7 +30,7 @@ from conftest import (
 from vision_pipelines import engine
 from vision_pipelines.cache import ImageCache, ShardedImages
 from vision_pipelines.config import TrainConfig
-from vision_pipelines.loader import Loader, MemoryImages
+from vision_pipelines.loader import Loader, MemoryImages, memory_limit_bytes, subset_images
 from vision_pipelines.pipelines.image_classification import nodes
 
 IMAGE_BYTES = 3 * 16 * 16
@@ -84,8 +84,8 @@ def seen_per_epoch(loader: Loader, epochs: int) -> list[Counter]:
 
 
 def test_a_memory_cap_streams_the_training_set_and_every_epoch_sees_each_image_once(cache: ImageCache) -> None:
-    capped = engine.subset_images(cache, "train", engine.memory_limit_bytes(CAPPED))
-    whole = engine.subset_images(cache, "train", engine.memory_limit_bytes(IMAGES))
+    capped = subset_images(cache, "train", memory_limit_bytes(CAPPED))
+    whole = subset_images(cache, "train", memory_limit_bytes(IMAGES))
     assert isinstance(capped, ShardedImages) and isinstance(whole, MemoryImages)
     expected = Counter((bytes(x.flatten().tolist()), int(y))
                        for x, y in zip(cache.images("train"), cache.labels("train")))

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import write_atomically
-from .cache import ImageCache, ShardedImages
+from .cache import ImageCache
 from .collectives import rank_and_world, share_buffers, sync_batchnorm
 from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
 from .console import Progress, format_seconds
-from .loader import Loader, MemoryImages
+from .loader import Loader, memory_limit_bytes, subset_images
 from .models import build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -409,31 +409,6 @@ class TrainingJob:
         key = (settings, dataclasses.asdict(self.model), dataclasses.asdict(self.images),
                self.cache.fingerprint, rank_and_world()[1], self.train.distributed.sync_batchnorm)
         return hashlib.sha256(repr(key).encode()).hexdigest()
-
-
-def subset_images(cache: ImageCache, subset: str, limit_bytes: float) -> MemoryImages | ShardedImages:
-    """A subset in memory when it fits in ``limit_bytes``, else streamed from the cache's shards."""
-    if cache.nbytes(subset) <= limit_bytes:
-        return MemoryImages(cache.images(subset))
-    log.info("%s images (%.1f GB) exceed the memory limit (%.1f GB): streaming them from %s",
-             subset, cache.nbytes(subset) / 1e9, limit_bytes / 1e9, cache.folder)
-    return cache.stream(subset)
-
-
-def memory_limit_bytes(images: ImageConfig | None = None) -> float:
-    """``images.max_memory_gb``, or half the memory available now."""
-    if images is not None and images.max_memory_gb is not None:
-        return images.max_memory_gb * 1e9
-    return available_memory_bytes() / 2
-
-
-def available_memory_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            fields = dict(line.split(":", 1) for line in meminfo)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def train(job: TrainingJob) -> TrainResult:

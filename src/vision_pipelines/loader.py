@@ -6,11 +6,15 @@ and ``predict`` take a model, a loader and a test-time-augmentation flag, nothin
 Iterating a loader yields ``(images, labels)``: float images normalised on the device in the
 network's memory format. A loader with a ``generator`` (training) shuffles every epoch and
 augments; without one it goes through the set once, in order.
+
+The memory policy lives here too: a subset is held in memory when it fits under the limit
+(``memory_limit_bytes``), else streamed from the cache's shards (``subset_images``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from .augment import augment, normalize, random_draws
-from .cache import ShardedImages
-from .config import ComputeConfig
+from .cache import ImageCache, ShardedImages
+from .config import ComputeConfig, ImageConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,31 @@ class MemoryImages:
         yield self.images, positions, positions if order is None else order
 
 
+def subset_images(cache: ImageCache, subset: str, limit_bytes: float) -> MemoryImages | ShardedImages:
+    """A subset in memory when it fits in ``limit_bytes``, else streamed from the cache's shards."""
+    if cache.nbytes(subset) <= limit_bytes:
+        return MemoryImages(cache.images(subset))
+    log.info("%s images (%.1f GB) exceed the memory limit (%.1f GB): streaming them from %s",
+             subset, cache.nbytes(subset) / 1e9, limit_bytes / 1e9, cache.folder)
+    return cache.stream(subset)
+
+
+def memory_limit_bytes(images: ImageConfig | None = None) -> float:
+    """``images.max_memory_gb``, or half the memory available now."""
+    if images is not None and images.max_memory_gb is not None:
+        return images.max_memory_gb * 1e9
+    return available_memory_bytes() / 2
+
+
+def available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
 @dataclass
 class Loader:
     images: MemoryImages | ShardedImages
@@ -87,6 +116,15 @@ class Loader:
         return cls(images, labels, mean, std, batch_size, device,
                    amp=compute.mixed_precision and has_fast_bf16(device),
                    channels_last=compute.channels_last, **training)
+
+    @classmethod
+    def unlabelled(cls, images: torch.Tensor | MemoryImages | ShardedImages, mean: list[float], std: list[float],
+                   batch_size: int, compute: ComputeConfig) -> Loader:
+        """A loader that goes through ``images`` (uint8 ``[N, C, H, W]``, held in memory, or a
+        subset's images) once, in order, for prediction: every label is -1."""
+        if isinstance(images, torch.Tensor):
+            images = MemoryImages(images)
+        return cls.create(images, torch.full((len(images),), -1), mean, std, batch_size, compute)
 
     @property
     def precision(self) -> str:

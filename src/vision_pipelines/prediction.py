@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from . import engine
-from .config import ComputeConfig
+from .config import ComputeConfig, PredictConfig
 from .images import decode_all
-from .loader import Loader, MemoryImages
+from .loader import Loader
 from .model_card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,13 @@ def prediction_columns(top_k: int) -> list[str]:
 
 
 def classify_files(files: Sequence[Path], card: ModelCard, network: nn.Module, compute: ComputeConfig,
-                   batch_size: int = 256, tta_flip: bool = False, top_k: int = 3,
-                   workers: int | None = None, shown: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
+                   predict: PredictConfig, workers: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per file, in order: ``file, label, confidence`` (the most likely class and its
-    probability), ``label_2, confidence_2, ...`` down to the ``top_k``-th class, and ``reason``
-    for a file that could not be decoded (skipped: its labels left empty); and the first
-    ``shown`` classified images as the network saw them (uint8 ``[n, C, H, W]``), for a grid."""
-    top_k = min(top_k, len(card.class_names))
+    probability), ``label_2, confidence_2, ...`` down to the ``predict.top_k``-th class, and
+    ``reason`` for a file that could not be decoded (skipped: its labels left empty); and the
+    first ``predict.grid_size`` classified images as the network saw them (uint8
+    ``[n, C, H, W]``), for a grid. Batches are ``predict.batch_size``, with ``predict.tta_flip``."""
+    top_k, shown = min(predict.top_k, len(card.class_names)), predict.grid_size
     rows, pictures = [], []
     it = iter(files)
     while block := list(itertools.islice(it, BLOCK)):
@@ -51,9 +51,8 @@ def classify_files(files: Sequence[Path], card: ModelCard, network: nn.Module, c
         probabilities = torch.empty(0, len(card.class_names))
         if good:
             images = torch.from_numpy(np.stack([decoded[i][0] for i in good]))
-            loader = Loader.create(MemoryImages(images), torch.full((len(good),), -1), card.mean, card.std,
-                                   batch_size, compute)
-            probabilities = engine.predict(network, loader, tta_flip).softmax(1).cpu()
+            loader = Loader.unlabelled(images, card.mean, card.std, predict.batch_size, compute)
+            probabilities = engine.predict(network, loader, predict.tta_flip).softmax(1).cpu()
         confidence, index = probabilities.topk(top_k, dim=1)
         predicted = dict(zip(good, zip(confidence.tolist(), index.tolist())))
         for i, (_, _, detail) in enumerate(decoded):

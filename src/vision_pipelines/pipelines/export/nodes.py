@@ -29,7 +29,7 @@ from ... import engine, lineage
 from ...augment import normalize
 from ...cache import ImageCache
 from ...config import ComputeConfig, EvaluateConfig
-from ...loader import Loader, MemoryImages
+from ...loader import Loader
 from ...model_card import ModelCard, load_model
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,7 @@ def check_export(onnx_model: bytes, model_weights: dict[str, torch.Tensor], mode
                   "the model was trained on another image cache (other data or image settings)",
                   "the training pipeline, or load the matching cache")
     subset, images = check_images(image_cache, evaluate.subset)
-    loader = Loader.create(MemoryImages(images), torch.full((len(images),), -1), card.mean, card.std,
-                           evaluate.batch_size, REFERENCE)
+    loader = Loader.unlabelled(images, card.mean, card.std, evaluate.batch_size, REFERENCE)
     reference = engine.predict(network, loader)
     runtime, run = load_onnx(onnx_model)
     logits = torch.cat([run(batch) for batch in images.split(evaluate.batch_size)])

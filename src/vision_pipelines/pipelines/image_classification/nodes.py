@@ -32,7 +32,7 @@ from ...config import (
     SubmissionConfig,
     TrainConfig,
 )
-from ...loader import Loader
+from ...loader import Loader, memory_limit_bytes, subset_images
 from ...model_card import make_card, read_card
 from ...sources.layouts import find_one
 
@@ -185,14 +185,14 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
                   "the image cache was built from another manifest",
                   "the cache stage and what follows (--tags=cache,train,evaluate,submit)")
     network = card.network(model_weights)
-    limit = engine.memory_limit_bytes()  # held in memory when a subset fits in half the memory available
+    limit = memory_limit_bytes()  # held in memory when a subset fits in half the memory available
     frames = []
     for subset in ("val", "test", "predict"):
         if not image_cache.count(subset):
             continue
-        labels = image_cache.labels(subset)
-        loader = Loader.create(engine.subset_images(image_cache, subset, limit), labels, card.mean, card.std,
-                               evaluate.batch_size, compute)
+        loader = Loader.unlabelled(subset_images(image_cache, subset, limit), card.mean, card.std,
+                                   evaluate.batch_size, compute)
+        labels = image_cache.labels(subset)  # the table's; prediction does not read them
         probabilities = engine.predict(network, loader, evaluate.tta_flip).softmax(1).cpu()
         confidence, predicted = probabilities.max(1)
         frames.append(pd.DataFrame({

@@ -56,8 +56,7 @@ def classify_new_images(new_images: pd.DataFrame, model_weights: dict[str, torch
     ``predict.grid_size`` images as the network saw them."""
     card, network = load_model(model_card, model_weights)
     usable = new_images[new_images["reason"].isna()]
-    table, shown = classify_files([Path(p) for p in usable["path"]], card, network, compute, predict.batch_size,
-                                  predict.tta_flip, predict.top_k, shown=predict.grid_size)
+    table, shown = classify_files([Path(p) for p in usable["path"]], card, network, compute, predict)
     table["file"] = usable["file"].to_numpy()  # one row per file, in order: the names the user knows
     table = pd.concat([table, new_images[new_images["reason"].notna()]], ignore_index=True)[table.columns]
     skipped = table["reason"].dropna().str.split(" \\(").str[0].value_counts()
