@@ -4,15 +4,25 @@ Every derived artifact records the fingerprint of what it was made from: the ima
 records the manifest's, the model card the cache's and its own weights', the predictions the
 model's and the manifest's. A node that receives two artifacts checks they belong together
 and otherwise stops, naming the stage to re-run, instead of pairing a new manifest with an
-old model in silence.
+old model in silence. Each such pairing has its named check here (``cache_matches_manifest``,
+``model_matches_cache``, ...), so every node refuses it with the same message.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+
+if TYPE_CHECKING:
+    from .cache import ImageCache
+    from .model_card import ModelCard
+
+# What to re-run when the image cache, or the model, is not the one the next stage expects.
+RERUN_CACHE = "the cache stage and what follows (--tags=cache,train,evaluate,submit)"
+RERUN_TRAIN = "the train stage and what follows (--tags=train,evaluate,submit), or load the matching cache"
 
 
 class LineageError(ValueError):
@@ -42,3 +52,36 @@ def check(found: str | None, expected: str, what: str, rerun: str) -> None:
     if found != expected:
         raise LineageError(f"{what} ({found or 'no fingerprint'} != {expected}). Re-run {rerun}, "
                            "so that every artifact comes from the same data and model.")
+
+
+def cache_matches_manifest(image_cache: ImageCache, manifest: pd.DataFrame, class_names: list[str]) -> None:
+    """The image cache was built from this manifest (its files, labels, subsets and classes)."""
+    check(image_cache.manifest_fingerprint, manifest_fingerprint(manifest, class_names),
+          "the image cache was built from another manifest", RERUN_CACHE)
+
+
+def report_matches_cache(data_report: dict[str, Any], image_cache: ImageCache) -> None:
+    """The data report describes this image cache."""
+    check(data_report.get("image_cache"), image_cache.fingerprint,
+          "the data report describes another image cache", "the cache stage (--tags=cache)")
+
+
+def model_matches_cache(card: ModelCard, image_cache: ImageCache, rerun: str = RERUN_TRAIN) -> None:
+    """The model was trained on this image cache (same data and image settings)."""
+    check(card.lineage.get("image_cache"), image_cache.fingerprint,
+          "the model was trained on another image cache (other data or image settings)", rerun)
+
+
+def predictions_match_manifest(predictions: pd.DataFrame, manifest: pd.DataFrame) -> None:
+    """The predictions were made for this manifest (as their ``attrs["lineage"]`` records)."""
+    recorded = predictions.attrs.get("lineage", {})
+    check(recorded.get("manifest"), manifest_fingerprint(manifest, recorded.get("class_names", [])),
+          "the predictions were made for another manifest",
+          "the stages after the split (--tags=cache,train,evaluate,submit)")
+
+
+def predictions_match_classes(predictions: pd.DataFrame, class_names: list[str]) -> None:
+    """The predictions were made by a model of these classes, in this order."""
+    if predictions.attrs.get("lineage", {}).get("class_names") != list(class_names):
+        raise LineageError("the predictions were made by a model of other classes than the current "
+                           "split's. Re-run the stages after the split (--tags=cache,train,evaluate,submit)")

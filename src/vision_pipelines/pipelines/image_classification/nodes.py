@@ -113,9 +113,7 @@ def summarise_data(manifest: pd.DataFrame, image_cache: ImageCache, class_names:
     It is written before training starts: ``train_model`` refuses to run on data whose report
     lists errors (no readable training image, no image to submit), so a run never fails late.
     """
-    lineage.check(image_cache.manifest_fingerprint, lineage.manifest_fingerprint(manifest, class_names),
-                  "the image cache was built from another manifest",
-                  "the cache stage and what follows (--tags=cache,train,evaluate,submit)")
+    lineage.cache_matches_manifest(image_cache, manifest, class_names)
     report = reporting.data_report(manifest, image_cache.decoded, class_names, split.min_train_per_class)
     report["image_sizes"] = images.size_summary(image_cache.decoded)
     report["image_cache"] = image_cache.fingerprint
@@ -147,8 +145,7 @@ def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint
     returns weights, model card, epoch history and step table."""
     if data_report.get("errors"):
         raise ValueError("the data cannot be trained on (see data_report.json): " + "; ".join(data_report["errors"]))
-    lineage.check(data_report.get("image_cache"), image_cache.fingerprint,
-                  "the data report describes another image cache", "the cache stage (--tags=cache)")
+    lineage.report_matches_cache(data_report, image_cache)
     job = engine.TrainingJob(image_cache, model, images, train, compute, checkpoint)
     result = distributed.launch(job, _logging_config()) if train.distributed.enabled else engine.train(job)
     history = result.history.set_index("epoch")
@@ -178,12 +175,8 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
             manifest: pd.DataFrame, evaluate: EvaluateConfig, compute: ComputeConfig) -> pd.DataFrame:
     """Predict every held-out image (val, test, predict) with the saved model and its card."""
     card = read_card(model_card, model_weights)
-    lineage.check(card.lineage.get("image_cache"), image_cache.fingerprint,
-                  "the model was trained on another image cache (other data or image settings)",
-                  "the train stage and what follows (--tags=train,evaluate,submit), or load the matching cache")
-    lineage.check(image_cache.manifest_fingerprint, lineage.manifest_fingerprint(manifest, card.class_names),
-                  "the image cache was built from another manifest",
-                  "the cache stage and what follows (--tags=cache,train,evaluate,submit)")
+    lineage.model_matches_cache(card, image_cache)
+    lineage.cache_matches_manifest(image_cache, manifest, card.class_names)
     network = card.network(model_weights)
     limit = memory_limit_bytes()  # held in memory when a subset fits in half the memory available
     frames = []
@@ -210,7 +203,7 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
 
 def evaluate_predictions(predictions: pd.DataFrame, class_names: list[str], evaluate: EvaluateConfig) -> dict[str, Any]:
     """Metrics JSON on the configured labelled subset (falls back to val when it is absent)."""
-    _check_class_names(predictions, class_names)
+    lineage.predictions_match_classes(predictions, class_names)
     subset = _evaluation_subset(predictions, evaluate.subset)
     rows = predictions[(predictions["subset"] == subset) & predictions["label"].notna()]
     index = {name: i for i, name in enumerate(class_names)}
@@ -285,11 +278,9 @@ def make_submission(predictions: pd.DataFrame, manifest: pd.DataFrame, raw_image
     ``submission.template`` (a sample submission), its columns and row order are copied
     exactly, and an id missing from the predictions is an error rather than a silent gap.
     """
+    lineage.predictions_match_manifest(predictions, manifest)
     recorded = predictions.attrs.get("lineage", {})
     class_names = recorded.get("class_names", [])
-    lineage.check(recorded.get("manifest"), lineage.manifest_fingerprint(manifest, class_names),
-                  "the predictions were made for another manifest",
-                  "the stages after the split (--tags=cache,train,evaluate,submit)")
     rows = predictions[predictions["subset"] == submission.subset]
     if rows.empty:
         raise ValueError(f"submission.subset={submission.subset!r} has no images to predict")
@@ -334,13 +325,6 @@ def _submission_ids(files: pd.Series, all_files: pd.Series, id_from: str) -> pd.
     paths = files.map(lambda f: f[len(common) + 1:] if common else f)
     return {"path": paths, "stem": paths.map(lambda p: Path(p).stem),
             "name": paths.map(lambda p: Path(p).name)}[id_from].reset_index(drop=True)
-
-
-def _check_class_names(predictions: pd.DataFrame, class_names: list[str]) -> None:
-    recorded = predictions.attrs.get("lineage", {}).get("class_names")
-    if recorded != list(class_names):
-        raise lineage.LineageError("the predictions were made by a model of other classes than the current "
-                                   "split's. Re-run the stages after the split (--tags=cache,train,evaluate,submit)")
 
 
 def _evaluation_subset(predictions: pd.DataFrame, wanted: str) -> str:
