@@ -127,6 +127,23 @@ def test_build_manifest_keeps_the_configured_class_order(tmp_path: Path) -> None
     assert counts(manifest) == {"train": 9, "val": 3, "predict": 2}
 
 
+def test_split_subsets_is_a_pure_function_of_its_input_and_seed() -> None:
+    origin = pd.Series(["train"] * 40 + ["predict"] * 3 + ["skipped"], index=range(100, 144))
+    before = torch.get_rng_state()
+    torch.manual_seed(1)
+    first = nodes.split_subsets(origin, SplitConfig(val_fraction=0.25, test_fraction=0.25, seed=7))
+    torch.manual_seed(2)  # the global generator plays no part
+    second = nodes.split_subsets(origin, SplitConfig(val_fraction=0.25, test_fraction=0.25, seed=7))
+    other = nodes.split_subsets(origin, SplitConfig(val_fraction=0.25, test_fraction=0.25, seed=8))
+    torch.set_rng_state(before)
+    assert first.equals(second) and not first.equals(other)
+    assert first.value_counts().to_dict() == {"train": 20, "val": 10, "test": 10, "predict": 3, "skipped": 1}
+    assert (first[origin != "train"] == origin[origin != "train"]).all()  # only training images move
+    assert (origin[:40] == "train").all()  # the input is left as it was
+    given_test = nodes.split_subsets(origin.where(origin.index != 100, "test"), SplitConfig(test_fraction=0.5))
+    assert given_test.value_counts().to_dict() == {"train": 32, "val": 7, "predict": 3, "test": 1, "skipped": 1}
+
+
 # --- build_image_cache and summarise_data -------------------------------------------------------
 
 

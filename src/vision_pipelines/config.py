@@ -21,7 +21,8 @@ SOURCE_KINDS = ("local", "kaggle", "torchvision", "url")
 LAYOUTS = ("folders", "csv")
 # Smallest input side each architecture accepts: the feature map must survive its poolings.
 MODEL_MIN_SIZE = {"resnet9": 8, "resnet18": 32, "resnet34": 32}
-SUBSETS = ("train", "val", "test", "predict")
+SUBSETS = ("train", "val", "test", "predict")  # a manifest's subsets, besides "skipped"
+HELD_OUT_SUBSETS = SUBSETS[1:]  # not trained on: predicted, and submitted from
 # A Kedro version: the timestamp of the run that saved it (kedro.io.core.VERSION_FORMAT, to the ms).
 VERSION_PATTERN = r"\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d\.\d{3}Z"
 MODEL_VERSIONS = ("latest", "best")  # or one version
@@ -339,7 +340,7 @@ class SubmissionConfig(Settings):
     template: str | None = None  # glob of a sample submission whose columns and row order to copy
 
     def validate(self) -> None:
-        _check_choice(self, "subset", ("val", "test", "predict"))
+        _check_choice(self, "subset", HELD_OUT_SUBSETS)
         _check_choice(self, "id_from", ("path", "stem", "name"))
         _check_choice(self, "label_format", ("name", "index"))
 

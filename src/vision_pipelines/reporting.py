@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .config import SUBSETS
+
 FULL_MATRIX_MAX_CLASSES = 25  # above this a confusion matrix is unreadable: show the top pairs
 
 
@@ -166,7 +168,7 @@ def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list
     for name, rows in table.groupby("class", sort=True):
         used = rows[rows["used"]]
         per_class[name] = {"found": len(rows), "used": int(len(used)), "skipped": int((~rows["used"]).sum()),
-                           **{s: int((used["subset"] == s).sum()) for s in ("train", "val", "test", "predict")}}
+                           **{s: int((used["subset"] == s).sum()) for s in SUBSETS}}
     skipped = table[~table["used"]].assign(short_reason=lambda t: t["reason"].str.split(" \\(").str[0])
     train_counts = {n: per_class.get(n, {}).get("train", 0) for n in class_names}
     smallest = min(train_counts, key=train_counts.get, default=None)
@@ -179,7 +181,7 @@ def data_report(manifest: pd.DataFrame, decoded: pd.DataFrame, class_names: list
         "warnings": warnings,
         "found": len(table), "used": int(table["used"].sum()), "skipped": len(skipped),
         "subsets": {s: int((table["used"] & (table["subset"] == s)).sum())
-                    for s in ("train", "val", "test", "predict")},
+                    for s in SUBSETS},
         "skipped_by_reason": skipped["short_reason"].value_counts().to_dict(),
         "skipped_by_class": {name: rows["short_reason"].value_counts().to_dict()
                              for name, rows in skipped.groupby("class", sort=True)},

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from ... import distributed, engine, images, lineage, reporting, sources
 from ...augment import augment, random_draws
 from ...cache import CacheBuild, ImageCache
 from ...config import (
+    HELD_OUT_SUBSETS,
     ComputeConfig,
     EvaluateConfig,
     ImageConfig,
@@ -34,7 +34,7 @@ from ...config import (
 )
 from ...loader import Loader, memory_limit_bytes, subset_images
 from ...model_card import make_card, read_card
-from ...sources.layouts import find_one
+from ...submission import submission_ids, submission_table
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def build_manifest(raw_images: Path, source: SourceConfig, split: SplitConfig) -
     ``reason``), and the class names in model-output order.
 
     Validation (and test, when the source has none) is carved out of the labelled training
-    images with ``torch.utils.data.random_split`` and a seeded generator: same seed, same split.
+    images by ``split_subsets``: same seed, same split.
     """
     found = sources.scan(Path(raw_images), source)
     rows = found.images.sort_values("file", kind="stable").reset_index(drop=True)
@@ -68,14 +68,7 @@ def build_manifest(raw_images: Path, source: SourceConfig, split: SplitConfig) -
     rows["subset"] = rows["origin"]
     rows["reason"] = None
     rows.loc[unknown_class, ["subset", "reason"]] = ["skipped", "class not in the training set"]
-    has_test = (rows["subset"] == "test").any()
-    fractions = {"train": 1 - split.val_fraction - (0 if has_test else split.test_fraction),
-                 "val": split.val_fraction, "test": 0 if has_test else split.test_fraction}
-    fractions = {subset: f for subset, f in fractions.items() if f > 0}
-    train_index = rows.index[rows["subset"] == "train"].tolist()
-    generator = torch.Generator().manual_seed(split.seed)
-    for subset, part in zip(fractions, random_split(train_index, list(fractions.values()), generator)):
-        rows.loc[list(part), "subset"] = subset
+    rows["subset"] = split_subsets(rows["subset"], split)
     skipped = found.skipped.assign(subset="skipped")
     if len(skipped):
         log.warning("skipping %d file(s) that are not usable images (e.g. %s: %s), counted in the data "
@@ -83,6 +76,24 @@ def build_manifest(raw_images: Path, source: SourceConfig, split: SplitConfig) -
     manifest = pd.concat([rows.drop(columns="origin"), skipped], ignore_index=True)
     log.info("manifest: %s", ", ".join(f"{n} {s}" for s, n in manifest["subset"].value_counts().items()))
     return manifest[["file", "label", "subset", "reason"]].astype(object), list(found.class_names)
+
+
+def split_subsets(subsets: pd.Series, split: SplitConfig) -> pd.Series:
+    """Each image's subset, from the one its source gave it (``train``, ``test``, ``predict``,
+    ``skipped``): ``split.val_fraction`` of the training images become ``val`` (and
+    ``split.test_fraction`` become ``test`` when no image is in ``test``), drawn by
+    ``torch.utils.data.random_split`` with a generator of its own seeded with ``split.seed``.
+    Pure: same subsets and settings, same result; no global random state is read or changed."""
+    has_test = (subsets == "test").any()
+    fractions = {"train": 1 - split.val_fraction - (0 if has_test else split.test_fraction),
+                 "val": split.val_fraction, "test": 0 if has_test else split.test_fraction}
+    fractions = {subset: f for subset, f in fractions.items() if f > 0}
+    train_index = subsets.index[subsets == "train"].tolist()
+    generator = torch.Generator().manual_seed(split.seed)
+    result = subsets.copy()
+    for subset, part in zip(fractions, random_split(train_index, list(fractions.values()), generator)):
+        result.loc[list(part)] = subset
+    return result
 
 
 # --- image cache ------------------------------------------------------------------------------
@@ -126,7 +137,7 @@ def summarise_data(manifest: pd.DataFrame, image_cache: ImageCache, class_names:
     if counts.get(evaluate.subset, 0) == 0:
         log.info("no %s images: evaluate.subset falls back to the validation set", evaluate.subset)
     submitted = manifest.loc[manifest["subset"] == submission.subset, "file"]
-    ids = _submission_ids(submitted, manifest["file"], submission.id_from)
+    ids = submission_ids(submitted, manifest["file"], submission.id_from)
     if not ids.is_unique:
         report["warnings"].append(f"submission ids from id_from={submission.id_from!r} repeat "
                                   f"({ids.duplicated().sum()} duplicates): the submission will use relative paths")
@@ -180,7 +191,7 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
     network = card.network(model_weights)
     limit = memory_limit_bytes()  # held in memory when a subset fits in half the memory available
     frames = []
-    for subset in ("val", "test", "predict"):
+    for subset in HELD_OUT_SUBSETS:
         if not image_cache.count(subset):
             continue
         loader = Loader.unlabelled(subset_images(image_cache, subset, limit), card.mean, card.std,
@@ -284,47 +295,11 @@ def make_submission(predictions: pd.DataFrame, manifest: pd.DataFrame, raw_image
     rows = predictions[predictions["subset"] == submission.subset]
     if rows.empty:
         raise ValueError(f"submission.subset={submission.subset!r} has no images to predict")
-    ids = _submission_ids(rows["file"], manifest["file"], submission.id_from)
-    if not ids.is_unique:
-        log.warning("submission ids from submission.id_from=%r repeat (%d duplicates, e.g. %s): using the "
-                    "images' relative paths as ids instead; set submission.id_from=path to choose them",
-                    submission.id_from, ids.duplicated().sum(), ids[ids.duplicated()].iloc[0])
-        ids = _submission_ids(rows["file"], manifest["file"], "path")
-    labels = rows["predicted"] if submission.label_format == "name" else rows["predicted"].map(class_names.index)
-    table = pd.DataFrame({submission.id_column: ids.to_numpy(), submission.label_column: labels.to_numpy()})
-    if submission.template:
-        table = _fill_template(Path(raw_images), submission, table)
+    table = submission_table(rows, manifest["file"], class_names, Path(raw_images), submission)
     table.attrs["lineage"] = {key: recorded.get(key) for key in ("model", "model_version", "model_val_accuracy",
                                                                  "manifest")}
     log.info("submission: %d rows, by model %s", len(table), recorded.get("model_version") or recorded.get("model"))
     return table
-
-
-def _fill_template(root: Path, submission: SubmissionConfig, table: pd.DataFrame) -> pd.DataFrame:
-    try:  # the lookup the layouts use: a link leading out of the dataset is never followed
-        found = find_one(root, submission.template)
-    except sources.LayoutError:
-        raise FileNotFoundError(f"submission.template={submission.template!r}: no such file under {root} "
-                                "(links leading outside the dataset are not followed)") from None
-    template = pd.read_csv(found, dtype=str, keep_default_na=False)
-    if submission.id_column not in template.columns:
-        raise ValueError(f"sample submission {submission.template} has no column {submission.id_column!r}")
-    by_id = table.set_index(submission.id_column)[submission.label_column]
-    missing = set(template[submission.id_column]) - set(by_id.index)
-    if missing:
-        raise ValueError(f"{len(missing)} id(s) of the sample submission have no prediction, "
-                         f"e.g. {sorted(missing)[:5]}")
-    return template.assign(**{submission.label_column: template[submission.id_column].map(by_id).to_numpy()})
-
-
-def _submission_ids(files: pd.Series, all_files: pd.Series, id_from: str) -> pd.Series:
-    """Ids of ``files``: relative paths (without the folders every file of the dataset sits
-    in, so they do not depend on how deep ``source.path`` points), file stems or file names."""
-    dirs = [os.path.dirname(f) for f in all_files]
-    common = os.path.commonpath(dirs) if dirs and all(dirs) else ""
-    paths = files.map(lambda f: f[len(common) + 1:] if common else f)
-    return {"path": paths, "stem": paths.map(lambda p: Path(p).stem),
-            "name": paths.map(lambda p: Path(p).name)}[id_from].reset_index(drop=True)
 
 
 def _evaluation_subset(predictions: pd.DataFrame, wanted: str) -> str:
