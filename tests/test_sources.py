@@ -19,6 +19,7 @@ from vision_pipelines import reporting
 from vision_pipelines.config import SourceConfig, SplitConfig
 from vision_pipelines.pipelines.image_classification import nodes
 from vision_pipelines.sources import LayoutError, fetch, list_images, scan
+from vision_pipelines.sources.layouts import Found
 
 
 def folders(**settings) -> SourceConfig:
@@ -36,6 +37,24 @@ def by_origin(found, origin: str) -> pd.DataFrame:
 
 def skip_reasons(found) -> dict[str, str]:
     return dict(zip(found.skipped["file"], found.skipped["reason"]))
+
+
+def test_found_keeps_rows_and_skipped_files_in_the_order_found(tmp_path: Path) -> None:
+    found = Found()
+    found.add("train/a/1.png", "a", "train")
+    found.skip_path(tmp_path / "train" / "bad\udcff", tmp_path, "a", "folder name is not valid UTF-8", folder=True)
+    found.skip("train.csv row 3", None, "empty id")
+    found.add("test/2.png", None, "predict")
+    result = found.scan(["a", "b"])
+    images, skipped = (frame.where(frame.notna(), None) for frame in (result.images, result.skipped))
+    assert images.to_dict("records") == [{"file": "train/a/1.png", "label": "a", "origin": "train"},
+                                                {"file": "test/2.png", "label": None, "origin": "predict"}]
+    assert skipped.to_dict("records") == [
+        {"file": "train/bad\\xff/", "label": "a", "reason": "folder name is not valid UTF-8"},
+        {"file": "train.csv row 3", "label": None, "reason": "empty id"}]
+    assert result.class_names == ["a", "b"]
+    nothing = Found().scan([])
+    assert list(nothing.images.columns) == ["file", "label", "origin"] and nothing.skipped.empty
 
 
 # --- class folders ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +54,27 @@ class Scan:
     class_names: list[str]  # index -> name, the order of the model's outputs
 
 
+@dataclass
+class Found:
+    """What a walk of the dataset has found so far: image rows, and what was skipped with why."""
+
+    rows: list[dict] = field(default_factory=list)  # file, label, origin
+    skipped: list[dict] = field(default_factory=list)  # file, label, reason
+
+    def add(self, file: str, label: str | None, origin: str) -> None:
+        self.rows.append({"file": file, "label": label, "origin": origin})
+
+    def skip(self, file: str, label: str | None, reason: str) -> None:
+        self.skipped.append({"file": file, "label": label, "reason": reason})
+
+    def skip_path(self, path: Path, root: Path, label: str | None, reason: str, folder: bool = False) -> None:
+        """Skip ``path`` under its printable name relative to ``root`` (a folder's ends in ``/``)."""
+        self.skip(printable(_rel(path, root)) + ("/" if folder else ""), label, reason)
+
+    def scan(self, class_names: list[str]) -> Scan:
+        return Scan(_frame(self.rows, COLUMNS), _frame(self.skipped, SKIPPED_COLUMNS), class_names)
+
+
 def scan(root: Path, source: SourceConfig) -> Scan:
     """List every image of the dataset under ``root`` in the layout ``source.layout``."""
     root = Path(root)
@@ -79,9 +100,9 @@ def list_images(path: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     if not path.is_dir():
         raise LayoutError(f"{path} is neither an image file nor a folder")
     root = path.resolve()
-    skipped: list[dict] = []
-    files = _images_below(root, root, None, skipped)
-    return files, [(row["file"], row["reason"]) for row in skipped]
+    found = Found()
+    files = _images_below(root, root, None, found)
+    return files, [(row["file"], row["reason"]) for row in found.skipped]
 
 
 # --- class folders ---------------------------------------------------------------------------
@@ -94,39 +115,39 @@ def scan_folders(root: Path, source: SourceConfig) -> Scan:
     e.g. ``seg_train/seg_train/<class>``); an unset ``train_dir`` means the class folders sit
     at the root, below any single wrapper folders.
     """
-    rows, skipped = [], []
+    found = Found()
     train_root = locate_dir(root, source.train_dir) if source.train_dir else unwrap(root)
-    class_names = _list_class_folders(train_root, root, "train", rows, skipped)
+    class_names = _list_class_folders(train_root, root, "train", found)
     if source.test_dir:
         test_root = locate_dir(root, source.test_dir)
-        _list_class_folders(test_root, root, "test", rows, skipped)
+        _list_class_folders(test_root, root, "test", found)
     if source.predict_dir:
         predict_root = locate_dir(root, source.predict_dir)
-        for path in _images_below(predict_root, root, None, skipped):
-            rows.append({"file": _rel(path, root), "label": None, "origin": "predict"})
-    return Scan(_frame(rows, COLUMNS), _frame(skipped, SKIPPED_COLUMNS), class_names)
+        for path in _images_below(predict_root, root, None, found):
+            found.add(_rel(path, root), None, "predict")
+    return found.scan(class_names)
 
 
-def _list_class_folders(folder: Path, root: Path, origin: str, rows: list, skipped: list) -> list[str]:
+def _list_class_folders(folder: Path, root: Path, origin: str, found: Found) -> list[str]:
     classes = []
     for entry in _entries(folder):
         path = Path(entry.path)
         if not os.path.isdir(entry.path):  # follows links: a link to a folder is reported below
             if _has_image_suffix(entry.name):
-                skipped.append(_skipped(path, root, None, "image outside any class folder"))
+                found.skip_path(path, root, None, "image outside any class folder")
             continue
         if entry.name in IGNORED_DIRS or entry.name.startswith("."):
             continue
         problem = _entry_problem(entry, root)
         if problem:
-            skipped.append(_skipped(path, root, None, problem, folder=True))
+            found.skip_path(path, root, None, problem, folder=True)
             continue
-        before = len(rows)
-        for file in _images_below(path, root, entry.name, skipped):
-            rows.append({"file": _rel(file, root), "label": entry.name, "origin": origin})
-        if len(rows) == before:
+        before = len(found.rows)
+        for file in _images_below(path, root, entry.name, found):
+            found.add(_rel(file, root), entry.name, origin)
+        if len(found.rows) == before:
             log.warning("class folder %s holds no images: it is not used as a class", path)
-            skipped.append(_skipped(path, root, entry.name, "empty class folder", folder=True))
+            found.skip_path(path, root, entry.name, "empty class folder", folder=True)
         else:
             classes.append(entry.name)
     return classes
@@ -184,30 +205,30 @@ def _file_names(folder: Path) -> list[str]:
     return [e.name for e in _entries(folder) if not os.path.isdir(e.path)]
 
 
-def _images_below(folder: Path, root: Path, label: str | None, skipped: list) -> list[Path]:
+def _images_below(folder: Path, root: Path, label: str | None, found: Found) -> list[Path]:
     """Image files at any depth below ``folder``, in sorted order; everything else that is
-    there goes to ``skipped`` with its reason."""
+    there is skipped, with its reason, in ``found``."""
     images = []
-    for path in _walk(folder, root, label, skipped):
+    for path in _walk(folder, root, label, found):
         problem = _image_problem(path.name)
         if problem:
-            skipped.append(_skipped(path, root, label, problem))
+            found.skip_path(path, root, label, problem)
         else:
             images.append(path)
     return images
 
 
-def _walk(folder: Path, root: Path, label: str | None, skipped: list) -> list[Path]:
+def _walk(folder: Path, root: Path, label: str | None, found: Found) -> list[Path]:
     files = []
     for entry in _entries(folder):
         path = Path(entry.path)
         real_folder = entry.is_dir(follow_symlinks=False)
         problem = _entry_problem(entry, root)
         if problem:
-            skipped.append(_skipped(path, root, label, problem, folder=os.path.isdir(entry.path)))
+            found.skip_path(path, root, label, problem, folder=os.path.isdir(entry.path))
         elif real_folder:
             if entry.name not in IGNORED_DIRS:
-                files += _walk(path, root, label, skipped)
+                files += _walk(path, root, label, found)
         else:
             files.append(path)
     return files
@@ -287,22 +308,45 @@ def _within(root: Path, path: Path) -> bool:
 
 def scan_csv(root: Path, source: SourceConfig) -> Scan:
     """``train.csv`` (id,label) beside ``train/<id>.png``; optional unlabelled ``test.csv``."""
-    rows, skipped = [], []
+    found = Found()
     class_names = list(source.class_names or [])
     train_csv = find_one(root, source.train_csv)
-    labels = _read_csv_rows(train_csv, root, source, "train", class_names, rows, skipped)
+    labels = _read_csv_rows(train_csv, root, source, "train", class_names, found)
     if not class_names:
         class_names = sorted(labels, key=_label_order)
     if source.test_csv:
-        _read_csv_rows(find_one(root, source.test_csv), root, source, "predict", class_names,
-                       rows, skipped)
-    return Scan(_frame(rows, COLUMNS), _frame(skipped, SKIPPED_COLUMNS), class_names)
+        _read_csv_rows(find_one(root, source.test_csv), root, source, "predict", class_names, found)
+    return found.scan(class_names)
+
+
+@dataclass
+class _ImageFolder:
+    """A contest CSV's image folder, as listed."""
+
+    path: Path
+    files: dict[str, Path] = field(default_factory=dict)  # readable files, by name
+    not_read: set[str] = field(default_factory=set)  # names already skipped, with their reason
+    listed: set[str] = field(default_factory=set)  # names the CSV lists
 
 
 def _read_csv_rows(csv_path: Path, root: Path, source: SourceConfig, origin: str,
-                   class_names: list[str], rows: list, skipped: list) -> set[str]:
+                   class_names: list[str], found: Found) -> set[str]:
+    """A row of ``origin`` for each id of ``csv_path`` whose image is in the CSV's image folder;
+    every other id, and every file of the folder the CSV does not list, skipped with its reason.
+    Returns the labels found."""
+    table = _read_csv(csv_path, source, labelled=origin == "train")
+    folder = _list_image_folder(csv_path, root, source, found)
+    labels = _match_ids(csv_path, table.assign(name=table["id"] + source.image_extension), folder, root, origin,
+                        class_names, found)
+    for name in sorted(set(folder.files) - folder.listed):
+        found.skip(_rel(folder.files[name], root), None, f"not listed in {csv_path.name}")
+    return labels
+
+
+def _read_csv(csv_path: Path, source: SourceConfig, labelled: bool) -> pd.DataFrame:
+    """The CSV's ids (stripped) and raw labels (None when unlabelled), as columns ``id, label``;
+    refused when a column is missing or an id repeats."""
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding_errors="backslashreplace")
-    labelled = origin == "train"
     needed = [source.id_column] + ([source.label_column] if labelled else [])
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -312,47 +356,52 @@ def _read_csv_rows(csv_path: Path, root: Path, source: SourceConfig, origin: str
     if duplicates:
         raise LayoutError(f"{csv_path} lists {len(duplicates)} id(s) more than once, e.g. "
                           f"{duplicates[:5]}: images and labels would be misaligned")
-    image_dir = csv_path.parent / source.image_dir.format(csv_stem=csv_path.stem)
-    if not image_dir.is_dir():
-        raise LayoutError(f"image folder {image_dir} for {csv_path.name} does not exist")
-    if not _within(root, image_dir):
-        raise LayoutError(f"image folder {image_dir} for {csv_path.name} is a link or lies outside {root}: "
+    return pd.DataFrame({"id": ids, "label": table[source.label_column] if labelled else None})
+
+
+def _list_image_folder(csv_path: Path, root: Path, source: SourceConfig, found: Found) -> _ImageFolder:
+    """The files of ``csv_path``'s image folder (``source.image_dir``), by the rule of this module;
+    what cannot be read is skipped in ``found``."""
+    folder = _ImageFolder(csv_path.parent / source.image_dir.format(csv_stem=csv_path.stem))
+    if not folder.path.is_dir():
+        raise LayoutError(f"image folder {folder.path} for {csv_path.name} does not exist")
+    if not _within(root, folder.path):
+        raise LayoutError(f"image folder {folder.path} for {csv_path.name} is a link or lies outside {root}: "
                           "links inside a dataset are not followed")
-    on_disk, not_read = {}, set()
-    for entry in _entries(image_dir):
+    for entry in _entries(folder.path):
         problem = _entry_problem(entry, root)
         if problem:
-            not_read.add(entry.name)
-            skipped.append(_skipped(Path(entry.path), root, None, problem, folder=os.path.isdir(entry.path)))
+            folder.not_read.add(entry.name)
+            found.skip_path(Path(entry.path), root, None, problem, folder=os.path.isdir(entry.path))
         elif not entry.is_dir(follow_symlinks=False):
-            on_disk[entry.name] = Path(entry.path)
-    raw_labels = table[source.label_column] if labelled else [None] * len(table)
-    csv_rel = _rel(csv_path, root)
-    listed: set[str] = set()
-    found_labels: set[str] = set()
-    for number, (image_id, raw) in enumerate(zip(ids, raw_labels), start=1):
+            folder.files[entry.name] = Path(entry.path)
+    return folder
+
+
+def _match_ids(csv_path: Path, table: pd.DataFrame, folder: _ImageFolder, root: Path, origin: str,
+               class_names: list[str], found: Found) -> set[str]:
+    """Each CSV row matched to its image file: added as a row of ``origin``, or skipped with why;
+    returns the labels of the rows added."""
+    labelled, csv_rel, labels = origin == "train", _rel(csv_path, root), set()
+    for number, (image_id, name, raw) in enumerate(zip(table["id"], table["name"], table["label"]), start=1):
         label = _csv_label(raw, class_names) if labelled else None
         problem = _id_problem(image_id)
         if problem:
-            skipped.append({"file": f"{csv_rel} row {number}", "label": label or raw, "reason": problem})
+            found.skip(f"{csv_rel} row {number}", label or raw, problem)
             continue
-        name = image_id + source.image_extension
-        listed.add(name)
-        rel = _rel(image_dir / name, root)
-        if name in not_read:
+        folder.listed.add(name)
+        rel = _rel(folder.path / name, root)
+        if name in folder.not_read:
             continue  # already skipped, with the reason it cannot be read
-        if name not in on_disk:
-            skipped.append({"file": rel, "label": label, "reason": f"listed in {csv_path.name} but no image file"})
+        if name not in folder.files:
+            found.skip(rel, label, f"listed in {csv_path.name} but no image file")
         elif labelled and label is None:
-            skipped.append({"file": rel, "label": raw, "reason": f"unknown label {raw!r}"})
+            found.skip(rel, raw, f"unknown label {raw!r}")
         else:
-            rows.append({"file": rel, "label": label, "origin": origin})
+            found.add(rel, label, origin)
             if label is not None:
-                found_labels.add(label)
-    for name in sorted(set(on_disk) - listed):
-        skipped.append({"file": _rel(on_disk[name], root), "label": None,
-                        "reason": f"not listed in {csv_path.name}"})
-    return found_labels
+                labels.add(label)
+    return labels
 
 
 def _id_problem(image_id: str) -> str | None:
@@ -416,10 +465,6 @@ def _check_classes(found: Scan, root: Path) -> None:
 
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
-
-
-def _skipped(path: Path, root: Path, label: str | None, reason: str, folder: bool = False) -> dict:
-    return {"file": printable(_rel(path, root)) + ("/" if folder else ""), "label": label, "reason": reason}
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
