@@ -26,7 +26,7 @@ def predictions(manifest: pd.DataFrame = MANIFEST, classes: list[str] = CLASSES)
 def test_artifacts_that_belong_together_pass() -> None:
     lineage.cache_matches_manifest(CACHE, MANIFEST, CLASSES)
     lineage.report_matches_cache({"image_cache": "cache-1"}, CACHE)
-    lineage.model_matches_cache(SimpleNamespace(lineage={"image_cache": "cache-1"}), CACHE)
+    lineage.model_matches_cache({"image_cache": "cache-1"}, CACHE)
     lineage.predictions_match_manifest(predictions(), MANIFEST)
     lineage.predictions_match_classes(predictions(), CLASSES)
 
@@ -42,7 +42,7 @@ def test_a_cache_of_another_split_is_refused() -> None:
 def test_a_report_or_model_of_another_cache_is_refused() -> None:
     with pytest.raises(LineageError, match=r"describes another image cache \(no fingerprint .*--tags=cache"):
         lineage.report_matches_cache({}, CACHE)
-    model = SimpleNamespace(lineage={"image_cache": "cache-0"})
+    model = {"image_cache": "cache-0"}  # a model card's lineage record
     with pytest.raises(LineageError, match=r"another image cache .*cache-0 != cache-1.*Re-run the train stage"):
         lineage.model_matches_cache(model, CACHE)
     with pytest.raises(LineageError, match="Re-run the training pipeline"):

@@ -18,7 +18,6 @@ import torch
 
 if TYPE_CHECKING:
     from .cache import ImageCache
-    from .model_card import ModelCard
 
 # What to re-run when the image cache, or the model, is not the one the next stage expects.
 RERUN_CACHE = "the cache stage and what follows (--tags=cache,train,evaluate,submit)"
@@ -66,9 +65,10 @@ def report_matches_cache(data_report: dict[str, Any], image_cache: ImageCache) -
           "the data report describes another image cache", "the cache stage (--tags=cache)")
 
 
-def model_matches_cache(card: ModelCard, image_cache: ImageCache, rerun: str = RERUN_TRAIN) -> None:
-    """The model was trained on this image cache (same data and image settings)."""
-    check(card.lineage.get("image_cache"), image_cache.fingerprint,
+def model_matches_cache(model_lineage: dict[str, Any], image_cache: ImageCache, rerun: str = RERUN_TRAIN) -> None:
+    """The model (whose card records ``model_lineage``) was trained on this image cache: the same
+    data and image settings."""
+    check(model_lineage.get("image_cache"), image_cache.fingerprint,
           "the model was trained on another image cache (other data or image settings)", rerun)
 
 

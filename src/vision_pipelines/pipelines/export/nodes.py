@@ -85,7 +85,7 @@ def check_export(onnx_model: bytes, model_weights: dict[str, torch.Tensor], mode
     onnxruntime) is the PyTorch model's (``engine.predict`` on the CPU in fp32) and the largest
     logit difference; with the input contract the file enforces."""
     card, network = load_model(model_card, model_weights)
-    lineage.model_matches_cache(card, image_cache, rerun="the training pipeline, or load the matching cache")
+    lineage.model_matches_cache(card.lineage, image_cache, rerun="the training pipeline, or load the matching cache")
     subset, images = check_images(image_cache, evaluate.subset)
     loader = Loader.unlabelled(images, card.mean, card.std, evaluate.batch_size, REFERENCE)
     reference = engine.predict(network, loader)

@@ -186,7 +186,7 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
             manifest: pd.DataFrame, evaluate: EvaluateConfig, compute: ComputeConfig) -> pd.DataFrame:
     """Predict every held-out image (val, test, predict) with the saved model and its card."""
     card = read_card(model_card, model_weights)
-    lineage.model_matches_cache(card, image_cache)
+    lineage.model_matches_cache(card.lineage, image_cache)
     lineage.cache_matches_manifest(image_cache, manifest, card.class_names)
     network = card.network(model_weights)
     limit = memory_limit_bytes()  # held in memory when a subset fits in half the memory available
