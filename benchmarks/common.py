@@ -1,4 +1,6 @@
-"""What the benchmark scripts share: the project's own parameters, the samples, the machine.
+"""What the benchmark scripts share: the project's own parameters, the samples, the machine;
+and, with the tests (``tests/conftest.py`` imports them), the project copy, the newest version of
+an output and the made-up image folders.
 
 Every figure a script records carries the date, the device, the torch version, the cores and the
 command that made it, so anyone can re-run it and compare like with like.
@@ -112,23 +114,47 @@ def project_copy(folder: Path) -> Path:
     return folder
 
 
+# Distinct base colours, so tiny datasets are learnable and a trained model beats chance.
+PALETTE = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (230, 200, 40), (200, 40, 200),
+           (40, 200, 200), (120, 60, 20), (250, 250, 250), (20, 20, 20), (128, 128, 128)]
+
+
+def make_image(path: Path, class_index: int, size: tuple[int, int] = (24, 24), mode: str = "RGB",
+               seed: int = 0, quality: int | None = None) -> Path:
+    """An image of class ``class_index``: its palette colour plus noise and a bright square
+    (``quality``: JPEG quality, else Pillow's default)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    pixels = np.clip(np.array(PALETTE[class_index % len(PALETTE)])[None, None, :]
+                     + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+    corner = rng.integers(0, max(1, min(size) // 2), 2)
+    pixels[corner[1]:corner[1] + height // 4, corner[0]:corner[0] + width // 4] = 255
+    image = Image.fromarray(pixels).convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **({"quality": quality} if quality else {}))
+    return path
+
+
+def make_class_folders(root: Path, classes: list[str], per_class: int, size=(24, 24),
+                       extension: str = ".jpg", start_seed: int = 0, quality: int | None = None) -> Path:
+    """``root/<class>/<n><extension>`` for each class."""
+    for index, name in enumerate(classes):
+        for n in range(per_class):
+            make_image(root / name / f"{n}{extension}", index, size, seed=start_seed + 1000 * index + n,
+                       quality=quality)
+    return root
+
+
 def generate_class_folders(root: Path, classes: int = 10, per_class: int = 50, size: int = 32,
                            seed: int = 0) -> Path:
-    """Stand-in JPEGs in ``root/<class>/<n>.jpg``, for a clean clone without the shared samples.
+    """Stand-in JPEGs in ``root/class_<c>/<n>.jpg``, for a clean clone without the shared samples.
 
-    Each class is a colour with mild noise and a bright square, so the files compress and decode
-    like small photos rather than like pure noise (which would make JPEG decoding look slower).
+    Each class is a colour with mild noise and a bright square (``make_image``), saved at JPEG
+    quality 90, so the files compress and decode like small photos rather than like pure noise
+    (which would make JPEG decoding look slower).
     """
-    colours = np.random.default_rng(0).integers(30, 225, (classes, 3))  # a class's colour, whatever the seed
-    rng = np.random.default_rng(seed)
-    for c, colour in enumerate(colours):
-        (root / f"class_{c}").mkdir(parents=True)
-        for n in range(per_class):
-            pixels = np.clip(colour + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-            y, x = rng.integers(0, size // 2, 2)
-            pixels[y:y + size // 4, x:x + size // 4] = 255
-            Image.fromarray(pixels).save(root / f"class_{c}" / f"{n}.jpg", quality=90)
-    return root
+    return make_class_folders(root, [f"class_{c}" for c in range(classes)], per_class, (size, size),
+                              start_seed=100_000 * seed, quality=90)
 
 
 def device_name(device: torch.device) -> str:

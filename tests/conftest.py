@@ -1,7 +1,9 @@
 """Shared fixtures: tiny made-up image datasets and a throw-away copy of the Kedro project.
 
 Tests never write into the real project's data/ folder: ``kedro_project`` copies conf/ and
-pyproject.toml into a temporary folder and runs Kedro there.
+pyproject.toml into a temporary folder and runs Kedro there. The helpers the benchmark scripts
+use too (the project copy, the newest version of an output, the image makers, the samples'
+folder) live in benchmarks/common.py and are imported here under the tests' names.
 """
 
 from __future__ import annotations
@@ -9,29 +11,26 @@ from __future__ import annotations
 import http.server
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from vision_pipelines.config import ComputeConfig, ImageConfig, ModelConfig, SourceConfig, SplitConfig
 
+# What the tests share with the benchmark scripts lives once, in benchmarks/common.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+# Imported under the names the tests use; several are only re-exported from here.
+from common import KEDRO, SAMPLES, make_class_folders, make_image  # noqa: F401
+from common import PROJECT as PROJECT_ROOT  # noqa: F401
+from common import latest_version as latest  # noqa: F401
+from common import project_copy as make_project
+
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-KEDRO = str(Path(sys.executable).parent / "kedro")  # this environment's kedro, without activating it
-SAMPLES = Path(os.environ.get("DATASETS_DIR", PROJECT_ROOT.parent / "shared" / "datasets"))
-
-# Distinct base colours, so tiny datasets are learnable and a trained model beats chance.
-PALETTE = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (230, 200, 40), (200, 40, 200),
-           (40, 200, 200), (120, 60, 20), (250, 250, 250), (20, 20, 20), (128, 128, 128)]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -44,30 +43,6 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> ob
             raise AssertionError(f"waited {timeout:g} s for {what}")
         time.sleep(0.05)
     return result
-
-
-def make_image(path: Path, class_index: int, size: tuple[int, int] = (24, 24), mode: str = "RGB",
-               seed: int = 0) -> Path:
-    """An image of class ``class_index``: its palette colour plus noise and a bright square."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    pixels = np.clip(np.array(PALETTE[class_index % len(PALETTE)])[None, None, :]
-                     + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
-    corner = rng.integers(0, max(1, min(size) // 2), 2)
-    pixels[corner[1]:corner[1] + height // 4, corner[0]:corner[0] + width // 4] = 255
-    image = Image.fromarray(pixels).convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
-
-
-def make_class_folders(root: Path, classes: list[str], per_class: int, size=(24, 24),
-                       extension: str = ".jpg", start_seed: int = 0) -> Path:
-    """``root/<class>/<n><extension>`` for each class."""
-    for index, name in enumerate(classes):
-        for n in range(per_class):
-            make_image(root / name / f"{n}{extension}", index, size, seed=start_seed + 1000 * index + n)
-    return root
 
 
 def make_contest_csv_layout(root: Path, classes: int = 3, train_per_class: int = 8, test: int = 6,
@@ -137,18 +112,6 @@ def write_cache(build, folder: Path):
     return dataset.load()
 
 
-def make_project(project: Path) -> Path:
-    """A throw-away copy of the project (conf, pyproject, telemetry opt-out) at ``project``."""
-    project.mkdir(parents=True)
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf",
-                    ignore=shutil.ignore_patterns("credentials*", "local"))
-    (project / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", project / "pyproject.toml")
-    shutil.copy(PROJECT_ROOT / ".telemetry", project / ".telemetry")
-    (project / "src").mkdir()  # bootstrap_project checks it exists; the package is installed
-    return project
-
-
 @pytest.fixture
 def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A throw-away copy of the project as the working directory."""
@@ -188,13 +151,6 @@ def fast_params(dataset: str, **sections) -> dict:
     for key, value in sections.items():
         params[f"{dataset}.{key.replace('__', '.')}"] = value
     return params
-
-
-def latest(path: Path) -> Path:
-    """The newest version of a versioned output: ``<path>/<newest timestamp>/<name>``."""
-    versions = sorted(p for p in Path(path).iterdir() if (p / Path(path).name).is_file())
-    assert versions, f"no version of {path}"
-    return versions[-1] / Path(path).name
 
 
 def download_entries(folder: Path) -> list[str]:
