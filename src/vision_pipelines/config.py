@@ -62,8 +62,12 @@ def _checked(value: Any, hint: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _checked(value, hint, name)
+        types_ = [a for a in args if a is not type(None)]
+        if len(types_) > 1:  # e.g. int | str: kept as given when it is one of them; validate() says more
+            if any(isinstance(value, t) and not isinstance(value, bool) for t in types_):
+                return value
+            raise ConfigError(f"{name} must be {' or '.join(t.__name__ for t in types_)}, got {value!r}")
+        return _checked(value, types_[0], name)
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -236,9 +240,15 @@ class ComputeConfig(Settings):
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     mixed_precision: bool = True  # bf16 autocast where the device runs bf16 natively; else fp32
     channels_last: bool = True  # NHWC memory format: faster convolutions on CUDA and on CPU
+    # CPU threads per process: N, or auto (timed at the start and when the load changes; for
+    # busy machines); None keeps torch's count, so that CPU runs repeat bit for bit
+    threads: int | str | None = None
 
     def validate(self) -> None:
         _check_choice(self, "device", ("auto", "cpu", "cuda"))
+        if self.threads is not None and self.threads != "auto" and not (
+                isinstance(self.threads, int) and self.threads >= 1):
+            raise ConfigError(f"compute.threads must be auto or a positive number of threads, got {self.threads!r}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ precision is bf16 autocast, which needs no gradient scaler.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -36,6 +38,7 @@ from .console import Progress, format_seconds
 from .distributed import sync_batchnorm
 from .loader import Loader, MemoryImages
 from .models import build_model, count_parameters
+from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +222,21 @@ class TrainResult:
     precision: str
     world_size: int
     seconds: float  # training wall time, this run only
+    threads: int | None = None  # CPU threads the last steps ran on (compute.threads)
 
 
 def train_one_epoch(step: TrainStep, loader: Loader, epoch: int, state: RunState,
-                    eta: EtaReport | None = None) -> dict:
-    """One pass over ``loader``; returns the epoch's train loss and accuracy (all processes')."""
+                    eta: EtaReport | None = None, threads: ThreadPolicy | None = None) -> dict:
+    """One pass over ``loader``; returns the epoch's train loss and accuracy (all processes').
+    ``threads`` times every step (``compute.threads: auto`` re-times the counts when it drifts)."""
+    threads = threads or ThreadPolicy(None)
     step.network.train()
     rank, world = rank_and_world()
     bar = Progress(len(loader), f"epoch {epoch}/{step.config.epochs}", unit="batch", enabled=rank == 0)
     losses, hits, seen = [], [], 0
     for images, labels in loader:
         state.steps.append({"step": len(state.steps) + 1, "epoch": epoch, "lr": step.scheduler.get_last_lr()[0]})
-        loss, logits = step(images, labels)
+        loss, logits = threads.timed(step, images, labels)
         losses.append(loss)
         hits.append((logits.argmax(1) == labels).sum())
         seen += len(labels)
@@ -301,9 +307,10 @@ class EtaReport:
 
 
 def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
-        checkpoint: CheckpointSaver | None = None) -> TrainResult:
+        checkpoint: CheckpointSaver | None = None, threads: ThreadPolicy | None = None) -> TrainResult:
     """Train ``network`` with ``config``'s one-cycle recipe on ``train``, validating on ``val``
-    after each epoch; resumes from ``checkpoint`` and saves to it every epoch."""
+    after each epoch; resumes from ``checkpoint`` and saves to it every epoch; ``threads`` sets
+    and times the CPU thread count of the steps."""
     started = time.time()
     rank, world = rank_and_world()
     train.generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
@@ -320,7 +327,7 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
     try:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             epoch_started = time.time()
-            row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta)}
+            row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta, threads)}
             _share_buffers(step.network)
             row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
             row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
@@ -334,7 +341,7 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
             eta.close()  # no estimate from a run that has stopped
     kept_epoch, weights = state.kept(step.network, config.keep)
     return TrainResult(weights, kept_epoch, pd.DataFrame(state.history), pd.DataFrame(state.steps),
-                       str(train.device), train.precision, world, time.time() - started)
+                       str(train.device), train.precision, world, time.time() - started, torch.get_num_threads())
 
 
 def stop_if_diverged(row: dict, first_loss: float, config: TrainConfig, validated: bool) -> None:
@@ -359,18 +366,28 @@ def _share_buffers(network: nn.Module) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Loader, tta_flip: bool = False) -> torch.Tensor:
+def predict(model: nn.Module, loader: Loader, tta_flip: bool = False,
+            threads: ThreadPolicy | None = None) -> torch.Tensor:
     """Logits ``[N, classes]`` (float32, on the loader's device) for every image of ``loader``,
-    in order, in eval mode; with ``tta_flip``, averaged with the mirrored image's."""
+    in order, in eval mode; with ``tta_flip``, averaged with the mirrored image's; on
+    ``threads``' CPU thread count (``auto``: chosen on the first batch, unless chosen before)."""
     was_training = model.training
     model = model.to(loader.device, memory_format=loader.memory_format).eval()
-    outputs = []
-    for images, _ in loader:
+    threads = threads or ThreadPolicy(None)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
         with loader.autocast():
             logits = model(images).float()
             if tta_flip:
                 logits = (logits + model(images.flip(-1)).float()) / 2
-        outputs.append(logits)
+        return logits
+
+    outputs = []
+    with threads:
+        for images, _ in loader:
+            if threads.auto and not threads.trials:
+                threads.calibrate(functools.partial(forward, images))
+            outputs.append(threads.timed(forward, images))
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, device=loader.device)
 
@@ -461,11 +478,29 @@ def train(job: TrainingJob) -> TrainResult:
                                  world_size=world)
     val_loader = Loader.create(subset_images(job.cache, "val", limit), job.cache.labels("val"), **norm,
                                batch_size=job.train.batch_size, compute=job.compute)
-    if rank == 0:
-        log.info("training %s (%s parameters) on %s%s, %s, %d threads: %d train / %d val images at %d px, "
-                 "batch %d, %d epochs", job.model.name, f"{count_parameters(network):,}", train_loader.device,
-                 f" x {world} processes" if world > 1 else "", train_loader.precision, torch.get_num_threads(),
-                 len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
-                 job.train.epochs)
     checkpoint = CheckpointSaver(job.checkpoint_path, job.fingerprint, job.train.resume)
-    return fit(network, train_loader, val_loader, job.train, checkpoint)
+    with ThreadPolicy.for_device(job.compute.threads, train_loader.device) as threads:
+        if threads.auto and len(train_loader):
+            threads.calibrate(probe_step(network, train_loader, job.train))
+        if rank == 0:
+            log.info("training %s (%s parameters) on %s%s, %s, %s: %d train / %d val images at %d px, "
+                     "batch %d, %d epochs", job.model.name, f"{count_parameters(network):,}", train_loader.device,
+                     f" x {world} processes" if world > 1 else "", train_loader.precision, threads.describe(),
+                     len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
+                     job.train.epochs)
+        return fit(network, train_loader, val_loader, job.train, checkpoint, threads)
+
+
+def probe_step(network: nn.Module, loader: Loader, config: TrainConfig):
+    """A training step's forward and backward on a copy of ``network`` and of the random state:
+    what ``compute.threads: auto`` times before training, without changing the run."""
+    scratch = copy.deepcopy(network).to(loader.device, memory_format=loader.memory_format).train()
+    images, labels = next(iter(loader))  # no generator yet: the first images, in order
+    images, labels = images[:config.batch_size // loader.world_size], labels[:config.batch_size // loader.world_size]
+
+    def probe() -> None:
+        with torch.random.fork_rng(devices=[]), loader.autocast():
+            loss = F.cross_entropy(scratch(images).float(), labels)
+        scratch.zero_grad(set_to_none=True)
+        loss.backward()
+    return probe

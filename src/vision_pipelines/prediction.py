@@ -21,8 +21,9 @@ from torch import nn
 from . import engine
 from .config import ComputeConfig
 from .images import decode_all
-from .loader import Loader, MemoryImages
+from .loader import Loader, MemoryImages, resolve_device
 from .model_card import ModelCard
+from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def classify_files(files: Sequence[Path], card: ModelCard, network: nn.Module, c
     ``shown`` classified images as the network saw them (uint8 ``[n, C, H, W]``), for a grid."""
     top_k = min(top_k, len(card.class_names))
     rows, pictures = [], []
+    # compute.threads: auto is chosen once, on the first block
+    threads = ThreadPolicy.for_device(compute.threads, resolve_device(compute.device))
     it = iter(files)
     while block := list(itertools.islice(it, BLOCK)):
         decoded = list(decode_all(block, card.size, card.channels, workers))
@@ -53,7 +56,7 @@ def classify_files(files: Sequence[Path], card: ModelCard, network: nn.Module, c
             images = torch.from_numpy(np.stack([decoded[i][0] for i in good]))
             loader = Loader.create(MemoryImages(images), torch.full((len(good),), -1), card.mean, card.std,
                                    batch_size, compute)
-            probabilities = engine.predict(network, loader, tta_flip).softmax(1).cpu()
+            probabilities = engine.predict(network, loader, tta_flip, threads).softmax(1).cpu()
         confidence, index = probabilities.topk(top_k, dim=1)
         predicted = dict(zip(good, zip(confidence.tolist(), index.tolist())))
         for i, (_, _, detail) in enumerate(decoded):

@@ -32,9 +32,10 @@ from ...config import (
     SubmissionConfig,
     TrainConfig,
 )
-from ...loader import Loader
+from ...loader import Loader, resolve_device
 from ...model_card import make_card, read_card
 from ...sources.layouts import find_one
+from ...threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint
                      training={"config": dataclasses.asdict(train),
                                "device": result.device, "precision": result.precision,
                                "processes": result.world_size, "seconds": round(result.seconds, 1),
+                               "threads": {"setting": compute.threads, "used": result.threads},
                                "epochs_run": int(history.index.max()), "kept_epoch": result.kept_epoch,
                                "train_images": image_cache.count("train"), "val_images": image_cache.count("val")},
                      metrics={key: _json_float(history.loc[result.kept_epoch, key])
@@ -186,6 +188,7 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
                   "the cache stage and what follows (--tags=cache,train,evaluate,submit)")
     network = card.network(model_weights)
     limit = engine.memory_limit_bytes()  # held in memory when a subset fits in half the memory available
+    threads = ThreadPolicy.for_device(compute.threads, resolve_device(compute.device))  # one choice for all subsets
     frames = []
     for subset in ("val", "test", "predict"):
         if not image_cache.count(subset):
@@ -193,7 +196,7 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
         labels = image_cache.labels(subset)
         loader = Loader.create(engine.subset_images(image_cache, subset, limit), labels, card.mean, card.std,
                                evaluate.batch_size, compute)
-        probabilities = engine.predict(network, loader, evaluate.tta_flip).softmax(1).cpu()
+        probabilities = engine.predict(network, loader, evaluate.tta_flip, threads).softmax(1).cpu()
         confidence, predicted = probabilities.max(1)
         frames.append(pd.DataFrame({
             "file": manifest["file"].to_numpy()[image_cache.rows(subset).numpy()], "subset": subset,
