@@ -303,6 +303,12 @@ class TrainConfig(Settings):
     resume: bool = True  # False: ignore an existing checkpoint and start fresh
     deterministic: bool = False  # CUDA: deterministic kernels only (slower); CPU is already
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    ema: float = 0.0  # decay of an average of the weights, validated, kept and saved; 0 = off
+    mixup_alpha: float = 0.0  # mixup: Beta(alpha, alpha) blend of shuffled images and targets; 0 = off
+    cutmix_alpha: float = 0.0  # cutmix: a box of a shuffled image pasted in; with mixup, one per batch; 0 = off
+    class_balance: str = "none"  # none | sampler (classes drawn evenly) | loss (inverse-frequency weights)
+    accumulate: int = 1  # each batch in this many parts, gradients summed before the one step (less memory)
+    early_stopping: int = 0  # stop after this many epochs without a lower validation loss; 0 = off
 
     def validate(self) -> None:
         _check_range(self, "epochs", 1, high=None)
@@ -316,6 +322,12 @@ class TrainConfig(Settings):
         _check_choice(self, "optimizer", ("adam", "sgd"))
         _check_choice(self, "keep", ("last", "best_val_loss"))
         _check_seed(self)
+        _check_range(self, "ema", 0, 1)
+        _check_range(self, "mixup_alpha", 0, high=None)
+        _check_range(self, "cutmix_alpha", 0, high=None)
+        _check_choice(self, "class_balance", ("none", "sampler", "loss"))
+        _check_range(self, "accumulate", 1, high=None)
+        _check_range(self, "early_stopping", 0, high=None)
         world = self.distributed.nproc_per_node * self.distributed.nnodes
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of the "

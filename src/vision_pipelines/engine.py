@@ -12,6 +12,7 @@ precision is bf16 autocast, which needs no gradient scaler.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -38,6 +39,7 @@ from .console import Progress, format_seconds
 from .distributed import sync_batchnorm
 from .loader import Loader, MemoryImages
 from .models import build_model, count_parameters
+from .recipe import Callbacks, MixedLabels, callbacks_for
 from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,16 @@ class TrainStep:
     """One optimizer step on a ready batch: forward, backward, clip, step, schedule.
 
     ``fit`` runs it over epochs; ``benchmarks/train_throughput.py`` times the very same code.
+    ``callbacks`` (``recipe.py``, from ``train``'s options) see each batch before the forward
+    pass and the step after it; ``train.accumulate`` splits each batch into that many parts whose
+    gradients add up to the whole batch's before the one optimizer step.
     """
 
-    def __init__(self, network: nn.Module, config: TrainConfig, loader: Loader, total_steps: int) -> None:
+    def __init__(self, network: nn.Module, config: TrainConfig, loader: Loader, total_steps: int,
+                 callbacks: Callbacks | None = None) -> None:
         self.config, self.loader = config, loader
+        self.callbacks = callbacks or Callbacks([])
+        self.class_weights: torch.Tensor | None = None  # train.class_balance=loss sets them
         if dist.is_initialized() and config.distributed.sync_batchnorm:
             network = sync_batchnorm(network, loader.device)
         self.network = network.to(loader.device, memory_format=loader.memory_format)
@@ -100,16 +108,34 @@ class TrainStep:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on a normalised batch; returns the (detached) loss and logits, without a host sync."""
-        with self.loader.autocast():
-            logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        images, targets = self.callbacks.on_batch(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Parts of at least 2 images (batch norm); each part's mean loss weighs its share of the batch.
+        parts = max(1, min(self.config.accumulate, len(images) // 2))
+        bounds = torch.linspace(0, len(images), parts + 1).long().tolist()
+        losses, outputs = [], []
+        for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+            last = i == parts - 1  # DistributedDataParallel averages the gradients once, on the last part
+            with (contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()):
+                with self.loader.autocast():
+                    logits = self.model(images[start:end])
+                    loss = self.loss(logits.float(), targets[start:end]) * ((end - start) / len(images))
+                loss.backward()
+            losses.append(loss.detach())
+            outputs.append(logits.detach())
         if self.config.grad_clip is not None:
             nn.utils.clip_grad_value_(self.network.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach(), logits.detach()
+        self.callbacks.after_step(self)
+        return torch.stack(losses).sum(), torch.cat(outputs)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor | MixedLabels) -> torch.Tensor:
+        """Cross-entropy with the recipe's label smoothing and class weights; mixed targets as
+        probabilities."""
+        if isinstance(targets, MixedLabels):
+            targets = targets.probabilities(logits.shape[1])
+        return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing)
 
 
 @dataclass
@@ -122,6 +148,7 @@ class RunState:
     best_loss: float = math.inf
     best_epoch: int | None = None
     best_weights: dict[str, torch.Tensor] | None = None
+    stopped: bool = False  # train.early_stopping ended the run before train.epochs
 
     def record(self, row: dict, network: nn.Module, keep: str) -> None:
         """Add an epoch's row, and keep its weights when they are the best so far."""
@@ -159,7 +186,7 @@ class CheckpointSaver:
             "scheduler": step.scheduler.state_dict(), "generator": generator.get_state(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "state": vars(state),
+            "state": vars(state), "callbacks": step.callbacks.state_dict(),
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)  # serialised first: a full disk then fails on a plain write
@@ -179,6 +206,7 @@ class CheckpointSaver:
         step.optimizer.load_state_dict(saved["optimizer"])
         step.scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
+        step.callbacks.load_state_dict(saved.get("callbacks", {}))
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
@@ -320,26 +348,35 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
     if total_steps == 0:
         raise ValueError(f"{len(train.labels)} training image(s) make no training batch: batch norm needs at "
                          f"least {2 * train.world_size} (2 per process); see the data report")
-    step = TrainStep(network, config, train, total_steps)
+    step = TrainStep(network, config, train, total_steps, callbacks_for(config))
+    step.callbacks.on_train_start(step, train)
     checkpoint = checkpoint or CheckpointSaver(None, "")
     state = checkpoint.restore(step, train.generator, config)
-    eta = EtaReport(total_steps - len(state.steps), train.device) if rank == 0 and state.epoch < config.epochs else None
+    last_epoch = state.epoch if state.stopped else config.epochs  # a run stopped early stays stopped
+    eta = EtaReport(total_steps - len(state.steps), train.device) if rank == 0 and state.epoch < last_epoch else None
     try:
-        for epoch in range(state.epoch + 1, config.epochs + 1):
+        for epoch in range(state.epoch + 1, last_epoch + 1):
             epoch_started = time.time()
             row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta, threads)}
             _share_buffers(step.network)
-            row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
+            evaluated = step.callbacks.eval_network(step.network)  # train.ema: the averaged weights
+            row["val_loss"], row["val_accuracy"] = evaluate(evaluated, val)
             row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
             stop_if_diverged(row, state.steps[0]["loss"], config, validated=len(val.labels) > 0)
-            state.record(row, step.network, config.keep)
+            state.record(row, evaluated, config.keep)
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
                      config.epochs, row["train_loss"], row["val_loss"], row["val_accuracy"], row["seconds"])
+            state.stopped = step.callbacks.on_epoch_end(row) and epoch < config.epochs
+            if state.stopped:
+                log.info("train.early_stopping: no lower validation loss for %d epochs, stopping after epoch %d",
+                         config.early_stopping, epoch)
             checkpoint.save(step, train.generator, state, config)
+            if state.stopped:
+                break
     finally:
         if eta is not None:
             eta.close()  # no estimate from a run that has stopped
-    kept_epoch, weights = state.kept(step.network, config.keep)
+    kept_epoch, weights = state.kept(step.callbacks.eval_network(step.network), config.keep)
     return TrainResult(weights, kept_epoch, pd.DataFrame(state.history), pd.DataFrame(state.steps),
                        str(train.device), train.precision, world, time.time() - started, torch.get_num_threads())
 
