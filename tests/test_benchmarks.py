@@ -25,6 +25,7 @@ import cifar10_cpu_full
 import cifar10_time_budget
 import common
 import gpu_suite
+import hardware_peak
 import pipelines_on_samples
 import thread_contention
 import train_throughput
@@ -185,3 +186,15 @@ def test_thread_contention_benchmark_times_each_policy_under_its_own_load(tmp_pa
                                      tmp_path)
     table = md_path.read_text()
     assert "| 0 | " in table and "threads=auto" in table and "**busy machine**" in table
+
+
+def test_hardware_peak_benchmark_relates_throughput_to_the_measured_peak(tmp_path: Path) -> None:
+    tiny = {"images": {"size": 8}, "model": {"width": 4}, "train": {"batch_size": 4}, "compute": {"device": "cpu"}}
+    record = hardware_peak.measure("cifar10", "cpu", tiny, steps=2, size=64)
+    assert record["peak_flops"]["fp32"] > 0 and record["train_flops_per_image"] > 0
+    peak = record["peak_flops"][record["precision"]]
+    for path in ("train_stage", "model_only"):
+        rate = record["images_per_second"][path]
+        assert rate > 0 and record["fraction_of_peak"][path] == rate * record["train_flops_per_image"] / peak
+    _, md_path = common.write_record(record, hardware_peak.markdown(record, ""), "peak", tmp_path)
+    assert "| train stage |" in md_path.read_text() and "| model only |" in md_path.read_text()
