@@ -128,3 +128,22 @@ def test_an_interrupted_run_with_every_option_resumes_to_the_same_weights(
 def test_recipe_options_are_validated(setting: str, value) -> None:
     with pytest.raises(ConfigError, match=f"train.{setting}"):
         TrainConfig(**{setting: value})
+
+
+class TopLeftPixel(nn.Module):
+    """A "network" whose logits are each channel's top-left pixel: it shows which views it saw."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, :, 0, 0]
+
+
+def test_multi_crop_tta_weighs_the_image_half_and_each_one_pixel_shift_a_quarter() -> None:
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    test = loader(images, torch.zeros(4, dtype=torch.long), batch_size=4)
+    x = next(iter(test))[0]
+    assert torch.equal(engine.shift(x, 1)[..., 1:, 1:], x[..., :-1, :-1])  # moved down-right by one
+    assert torch.equal(engine.shift(x, -1)[..., :-1, :-1], x[..., 1:, 1:])
+    # Both shifts put pixel (1, 1) top-left: reflected into the gap, or moved there.
+    expected = x[:, :, 0, 0] / 2 + x[:, :, 1, 1] / 2
+    torch.testing.assert_close(engine.predict(TopLeftPixel(), test, tta_crops=True), expected)
+    torch.testing.assert_close(engine.predict(TopLeftPixel(), test), x[:, :, 0, 0])

@@ -342,6 +342,7 @@ class EvaluateConfig(Settings):
     top_confused: int = 20  # confused class pairs listed and plotted
     tta_flip: bool = False  # average predictions with the horizontally flipped image
     batch_size: int = 256  # images per forward pass
+    tta_crops: bool = False  # also average with the image shifted one pixel each diagonal way (airbench)
 
     def validate(self) -> None:
         _check_choice(self, "subset", ("val", "test"))

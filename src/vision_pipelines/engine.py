@@ -404,19 +404,26 @@ def _share_buffers(network: nn.Module) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Loader, tta_flip: bool = False,
-            threads: ThreadPolicy | None = None) -> torch.Tensor:
+            threads: ThreadPolicy | None = None, tta_crops: bool = False) -> torch.Tensor:
     """Logits ``[N, classes]`` (float32, on the loader's device) for every image of ``loader``,
-    in order, in eval mode; with ``tta_flip``, averaged with the mirrored image's; on
-    ``threads``' CPU thread count (``auto``: chosen on the first batch, unless chosen before)."""
+    in order, in eval mode; with ``tta_flip``, averaged with the mirrored image's; with
+    ``tta_crops``, half the image's and a quarter each of the image shifted one pixel up-left
+    and down-right (airbench's multi-crop); on ``threads``' CPU thread count (``auto``: chosen
+    on the first batch, unless chosen before)."""
     was_training = model.training
     model = model.to(loader.device, memory_format=loader.memory_format).eval()
     threads = threads or ThreadPolicy(None)
 
+    def view(images: torch.Tensor) -> torch.Tensor:
+        logits = model(images).float()
+        return (logits + model(images.flip(-1)).float()) / 2 if tta_flip else logits
+
     def forward(images: torch.Tensor) -> torch.Tensor:
         with loader.autocast():
-            logits = model(images).float()
-            if tta_flip:
-                logits = (logits + model(images.flip(-1)).float()) / 2
+            logits = view(images)
+            if tta_crops:
+                shifted = [shift(images, by) for by in (-1, 1)]
+                logits = logits / 2 + (view(shifted[0]) + view(shifted[1])) / 4
         return logits
 
     outputs = []
@@ -427,6 +434,14 @@ def predict(model: nn.Module, loader: Loader, tta_flip: bool = False,
             outputs.append(threads.timed(forward, images))
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, device=loader.device)
+
+
+def shift(images: torch.Tensor, by: int) -> torch.Tensor:
+    """``images`` moved ``by`` pixels down and right (up and left when negative), the edge
+    reflected into the gap."""
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    return padded[..., 1 - by:1 - by + height, 1 - by:1 - by + width]
 
 
 def evaluate(model: nn.Module, loader: Loader, tta_flip: bool = False) -> tuple[float, float]:

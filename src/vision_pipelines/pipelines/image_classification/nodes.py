@@ -196,7 +196,8 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
         labels = image_cache.labels(subset)
         loader = Loader.create(engine.subset_images(image_cache, subset, limit), labels, card.mean, card.std,
                                evaluate.batch_size, compute)
-        probabilities = engine.predict(network, loader, evaluate.tta_flip, threads).softmax(1).cpu()
+        probabilities = engine.predict(network, loader, evaluate.tta_flip, threads,
+                                       evaluate.tta_crops).softmax(1).cpu()
         confidence, predicted = probabilities.max(1)
         frames.append(pd.DataFrame({
             "file": manifest["file"].to_numpy()[image_cache.rows(subset).numpy()], "subset": subset,
