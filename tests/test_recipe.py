@@ -15,8 +15,8 @@ from vision_pipelines.config import ComputeConfig, ConfigError, TrainConfig
 from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.models import ResNet9
 
-IMAGES = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-LABELS = torch.arange(32) % 4
+IMAGES = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+LABELS = torch.arange(16) % 4
 CPU = ComputeConfig(device="cpu", mixed_precision=False)
 
 
