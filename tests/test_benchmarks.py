@@ -25,7 +25,9 @@ import cifar10_cpu_full
 import cifar10_time_budget
 import common
 import gpu_suite
+import hardware_peak
 import pipelines_on_samples
+import thread_contention
 import train_throughput
 
 CLASSES = ["airplane", "bird", "cat"]
@@ -169,3 +171,30 @@ def test_one_cycle_schedule_accepts_a_warm_up_of_exactly_one_step() -> None:
         step.optimizer.step()
         step.scheduler.step()
     assert rates[0] < rates[1] and rates[1] > rates[2] > rates[3]  # up for one step, then down
+
+
+def test_thread_contention_benchmark_times_each_policy_under_its_own_load(tmp_path: Path) -> None:
+    with thread_contention.CompetingLoad(1) as load:
+        assert len(load.processes) == 1 and load.processes[0].poll() is None  # running
+    assert load.processes[0].poll() is not None  # stopped, not left running
+    tiny = {"images": {"size": 8}, "model": {"width": 4}, "train": {"batch_size": 4}}
+    record = thread_contention.measure("fruits", "cpu", [0], ["auto", 1], steps=2, overrides=tiny)
+    assert [(row["competing_processes"], row["threads"]) for row in record["rows"]] == [(0, "auto"), (0, 1)]
+    assert all(row["steps"] == 2 and row["median_s"] > 0 for row in record["rows"])
+    assert record["rows"][1]["threads_used_last"] == 1 and record["setup"]["width"] == 4
+    _, md_path = common.write_record(record, thread_contention.markdown(record, "busy machine"), "contention",
+                                     tmp_path)
+    table = md_path.read_text()
+    assert "| 0 | " in table and "threads=auto" in table and "**busy machine**" in table
+
+
+def test_hardware_peak_benchmark_relates_throughput_to_the_measured_peak(tmp_path: Path) -> None:
+    tiny = {"images": {"size": 8}, "model": {"width": 4}, "train": {"batch_size": 4}, "compute": {"device": "cpu"}}
+    record = hardware_peak.measure("cifar10", "cpu", tiny, steps=2, size=64)
+    assert record["peak_flops"]["fp32"] > 0 and record["train_flops_per_image"] > 0
+    peak = record["peak_flops"][record["precision"]]
+    for path in ("train_stage", "model_only"):
+        rate = record["images_per_second"][path]
+        assert rate > 0 and record["fraction_of_peak"][path] == rate * record["train_flops_per_image"] / peak
+    _, md_path = common.write_record(record, hardware_peak.markdown(record, ""), "peak", tmp_path)
+    assert "| train stage |" in md_path.read_text() and "| model only |" in md_path.read_text()

@@ -33,7 +33,9 @@ from vision_pipelines.config import (
     TrainConfig,
 )
 from vision_pipelines.lineage import LineageError, manifest_fingerprint
+from vision_pipelines.model_card import card_fingerprint
 from vision_pipelines.pipelines.image_classification import create_pipeline, create_template, nodes
+from vision_pipelines.threads import ThreadPolicy
 
 TRAIN = TrainConfig(epochs=2, batch_size=8, seed=3)
 CLASSES = ["apple", "kiwi", "lime"]
@@ -263,6 +265,21 @@ def test_train_model_outputs(trained) -> None:
     assert card["training"]["train_images"] == 24 and card["training"]["val_images"] == 6
     assert card["lineage"] == {"image_cache": cache.fingerprint, "manifest": cache.manifest_fingerprint}
     assert all(w.device.type == "cpu" for w in weights.values())
+    assert card["training"]["threads"] == {"setting": None, "used": 1}  # torch's count, as this module sets it
+
+
+def test_train_model_chooses_the_thread_count_and_says_which(trained, caplog: pytest.LogCaptureFixture) -> None:
+    _, _, _, cache, _, card, _, _ = trained
+    report = {"image_cache": cache.fingerprint, "errors": []}
+    with caplog.at_level("INFO", logger="vision_pipelines"):
+        _, auto_card, _, _ = nodes.train_model(cache, report, None, MODEL, IMAGES, dataclasses.replace(TRAIN, epochs=1),
+                                               dataclasses.replace(CPU, threads="auto"))
+    used = auto_card["training"]["threads"]["used"]
+    assert auto_card["training"]["threads"]["setting"] == "auto" and used in ThreadPolicy("auto").candidates
+    assert f"{used} thread{'s' if used > 1 else ''} (auto):" in caplog.text  # the start line
+    assert torch.get_num_threads() == 1  # the count before training is back
+    moved = {**auto_card, "training": {**auto_card["training"], "threads": {"setting": 2, "used": 2}}}
+    assert card_fingerprint(moved) == auto_card["fingerprint"]  # informational: not what the model means
 
 
 def test_predict_evaluate_and_plots(trained) -> None:

@@ -63,8 +63,12 @@ def _checked(value: Any, hint: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _checked(value, hint, name)
+        types_ = [a for a in args if a is not type(None)]
+        if len(types_) > 1:  # e.g. int | str: kept as given when it is one of them; validate() says more
+            if any(isinstance(value, t) and not isinstance(value, bool) for t in types_):
+                return value
+            raise ConfigError(f"{name} must be {' or '.join(t.__name__ for t in types_)}, got {value!r}")
+        return _checked(value, types_[0], name)
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -237,9 +241,15 @@ class ComputeConfig(Settings):
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     mixed_precision: bool = True  # bf16 autocast where the device runs bf16 natively; else fp32
     channels_last: bool = True  # NHWC memory format: faster convolutions on CUDA and on CPU
+    # CPU threads per process: N, or auto (timed at the start and when the load changes; for
+    # busy machines); None keeps torch's count, so that CPU runs repeat bit for bit
+    threads: int | str | None = None
 
     def validate(self) -> None:
         _check_choice(self, "device", ("auto", "cpu", "cuda"))
+        if self.threads is not None and self.threads != "auto" and not (
+                isinstance(self.threads, int) and self.threads >= 1):
+            raise ConfigError(f"compute.threads must be auto or a positive number of threads, got {self.threads!r}")
 
 
 @dataclass(frozen=True)
@@ -294,6 +304,12 @@ class TrainConfig(Settings):
     resume: bool = True  # False: ignore an existing checkpoint and start fresh
     deterministic: bool = False  # CUDA: deterministic kernels only (slower); CPU is already
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    ema: float = 0.0  # decay of an average of the weights, validated, kept and saved; 0 = off
+    mixup_alpha: float = 0.0  # mixup: Beta(alpha, alpha) blend of shuffled images and targets; 0 = off
+    cutmix_alpha: float = 0.0  # cutmix: a box of a shuffled image pasted in; with mixup, one per batch; 0 = off
+    class_balance: str = "none"  # none | sampler (classes drawn evenly) | loss (inverse-frequency weights)
+    accumulate: int = 1  # each batch in this many parts, gradients summed before the one step (less memory)
+    early_stopping: int = 0  # stop after this many epochs without a lower validation loss; 0 = off
 
     def validate(self) -> None:
         _check_range(self, "epochs", 1, high=None)
@@ -307,6 +323,12 @@ class TrainConfig(Settings):
         _check_choice(self, "optimizer", ("adam", "sgd"))
         _check_choice(self, "keep", ("last", "best_val_loss"))
         _check_seed(self)
+        _check_range(self, "ema", 0, 1)
+        _check_range(self, "mixup_alpha", 0, high=None)
+        _check_range(self, "cutmix_alpha", 0, high=None)
+        _check_choice(self, "class_balance", ("none", "sampler", "loss"))
+        _check_range(self, "accumulate", 1, high=None)
+        _check_range(self, "early_stopping", 0, high=None)
         world = self.distributed.nproc_per_node * self.distributed.nnodes
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of the "
@@ -321,6 +343,7 @@ class EvaluateConfig(Settings):
     top_confused: int = 20  # confused class pairs listed and plotted
     tta_flip: bool = False  # average predictions with the horizontally flipped image
     batch_size: int = 256  # images per forward pass
+    tta_crops: bool = False  # also average with the image shifted one pixel each diagonal way (airbench)
 
     def validate(self) -> None:
         _check_choice(self, "subset", ("val", "test"))

@@ -12,7 +12,10 @@ precision is bf16 autocast, which needs no gradient scaler.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -36,6 +39,8 @@ from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
 from .console import Progress, format_seconds
 from .loader import Loader, memory_limit_bytes, subset_images
 from .models import build_model, count_parameters
+from .recipe import Callbacks, MixedLabels, callbacks_for
+from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +75,16 @@ class TrainStep:
     """One optimizer step on a ready batch: forward, backward, clip, step, schedule.
 
     ``fit`` runs it over epochs; ``benchmarks/train_throughput.py`` times the very same code.
+    ``callbacks`` (``recipe.py``, from ``train``'s options) see each batch before the forward
+    pass and the step after it; ``train.accumulate`` splits each batch into that many parts whose
+    gradients add up to the whole batch's before the one optimizer step.
     """
 
-    def __init__(self, network: nn.Module, config: TrainConfig, loader: Loader, total_steps: int) -> None:
+    def __init__(self, network: nn.Module, config: TrainConfig, loader: Loader, total_steps: int,
+                 callbacks: Callbacks | None = None) -> None:
         self.config, self.loader = config, loader
+        self.callbacks = callbacks or Callbacks([])
+        self.class_weights: torch.Tensor | None = None  # train.class_balance=loss sets them
         if dist.is_initialized() and config.distributed.sync_batchnorm:
             network = sync_batchnorm(network, loader.device)
         self.network = network.to(loader.device, memory_format=loader.memory_format)
@@ -92,16 +103,34 @@ class TrainStep:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on a normalised batch; returns the (detached) loss and logits, without a host sync."""
-        with self.loader.autocast():
-            logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        images, targets = self.callbacks.on_batch(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Parts of at least 2 images (batch norm); each part's mean loss weighs its share of the batch.
+        parts = max(1, min(self.config.accumulate, len(images) // 2))
+        bounds = torch.linspace(0, len(images), parts + 1).long().tolist()
+        losses, outputs = [], []
+        for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+            last = i == parts - 1  # DistributedDataParallel averages the gradients once, on the last part
+            with (contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()):
+                with self.loader.autocast():
+                    logits = self.model(images[start:end])
+                    loss = self.loss(logits.float(), targets[start:end]) * ((end - start) / len(images))
+                loss.backward()
+            losses.append(loss.detach())
+            outputs.append(logits.detach())
         if self.config.grad_clip is not None:
             nn.utils.clip_grad_value_(self.network.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach(), logits.detach()
+        self.callbacks.after_step(self)
+        return torch.stack(losses).sum(), torch.cat(outputs)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor | MixedLabels) -> torch.Tensor:
+        """Cross-entropy with the recipe's label smoothing and class weights; mixed targets as
+        probabilities."""
+        if isinstance(targets, MixedLabels):
+            targets = targets.probabilities(logits.shape[1])
+        return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing)
 
 
 @dataclass
@@ -114,6 +143,7 @@ class RunState:
     best_loss: float = math.inf
     best_epoch: int | None = None
     best_weights: dict[str, torch.Tensor] | None = None
+    stopped: bool = False  # train.early_stopping ended the run before train.epochs
 
     def record(self, row: dict, network: nn.Module, keep: str) -> None:
         """Add an epoch's row, and keep its weights when they are the best so far."""
@@ -151,7 +181,7 @@ class CheckpointSaver:
             "scheduler": step.scheduler.state_dict(), "generator": generator.get_state(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "state": vars(state),
+            "state": vars(state), "callbacks": step.callbacks.state_dict(),
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)  # serialised first: a full disk then fails on a plain write
@@ -171,6 +201,7 @@ class CheckpointSaver:
         step.optimizer.load_state_dict(saved["optimizer"])
         step.scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
+        step.callbacks.load_state_dict(saved.get("callbacks", {}))
         torch.set_rng_state(saved["rng"]["torch"])
         if saved["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
@@ -214,18 +245,21 @@ class TrainResult:
     precision: str
     world_size: int
     seconds: float  # training wall time, this run only
+    threads: int | None = None  # CPU threads the last steps ran on (compute.threads)
 
 
 def train_one_epoch(step: TrainStep, loader: Loader, epoch: int, state: RunState,
-                    eta: EtaReport | None = None) -> dict:
-    """One pass over ``loader``; returns the epoch's train loss and accuracy (all processes')."""
+                    eta: EtaReport | None = None, threads: ThreadPolicy | None = None) -> dict:
+    """One pass over ``loader``; returns the epoch's train loss and accuracy (all processes').
+    ``threads`` times every step (``compute.threads: auto`` re-times the counts when it drifts)."""
+    threads = threads or ThreadPolicy(None)
     step.network.train()
     rank, world = rank_and_world()
     bar = Progress(len(loader), f"epoch {epoch}/{step.config.epochs}", unit="batch", enabled=rank == 0)
     losses, hits, seen = [], [], 0
     for images, labels in loader:
         state.steps.append({"step": len(state.steps) + 1, "epoch": epoch, "lr": step.scheduler.get_last_lr()[0]})
-        loss, logits = step(images, labels)
+        loss, logits = threads.timed(step, images, labels)
         losses.append(loss)
         hits.append((logits.argmax(1) == labels).sum())
         seen += len(labels)
@@ -296,9 +330,10 @@ class EtaReport:
 
 
 def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
-        checkpoint: CheckpointSaver | None = None) -> TrainResult:
+        checkpoint: CheckpointSaver | None = None, threads: ThreadPolicy | None = None) -> TrainResult:
     """Train ``network`` with ``config``'s one-cycle recipe on ``train``, validating on ``val``
-    after each epoch; resumes from ``checkpoint`` and saves to it every epoch."""
+    after each epoch; resumes from ``checkpoint`` and saves to it every epoch; ``threads`` sets
+    and times the CPU thread count of the steps."""
     started = time.time()
     rank, world = rank_and_world()
     train.generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
@@ -308,28 +343,37 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
     if total_steps == 0:
         raise ValueError(f"{len(train.labels)} training image(s) make no training batch: batch norm needs at "
                          f"least {2 * train.world_size} (2 per process); see the data report")
-    step = TrainStep(network, config, train, total_steps)
+    step = TrainStep(network, config, train, total_steps, callbacks_for(config))
+    step.callbacks.on_train_start(step, train)
     checkpoint = checkpoint or CheckpointSaver(None, "")
     state = checkpoint.restore(step, train.generator, config)
-    eta = EtaReport(total_steps - len(state.steps), train.device) if rank == 0 and state.epoch < config.epochs else None
+    last_epoch = state.epoch if state.stopped else config.epochs  # a run stopped early stays stopped
+    eta = EtaReport(total_steps - len(state.steps), train.device) if rank == 0 and state.epoch < last_epoch else None
     try:
-        for epoch in range(state.epoch + 1, config.epochs + 1):
+        for epoch in range(state.epoch + 1, last_epoch + 1):
             epoch_started = time.time()
-            row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta)}
+            row = {"epoch": epoch, **train_one_epoch(step, train, epoch, state, eta, threads)}
             share_buffers(step.network)
-            row["val_loss"], row["val_accuracy"] = evaluate(step.network, val)
+            evaluated = step.callbacks.eval_network(step.network)  # train.ema: the averaged weights
+            row["val_loss"], row["val_accuracy"] = evaluate(evaluated, val)
             row.update(lr=state.steps[-1]["lr"], seconds=time.time() - epoch_started)
             stop_if_diverged(row, state.steps[0]["loss"], config, validated=len(val.labels) > 0)
-            state.record(row, step.network, config.keep)
+            state.record(row, evaluated, config.keep)
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
                      config.epochs, row["train_loss"], row["val_loss"], row["val_accuracy"], row["seconds"])
+            state.stopped = step.callbacks.on_epoch_end(row) and epoch < config.epochs
+            if state.stopped:
+                log.info("train.early_stopping: no lower validation loss for %d epochs, stopping after epoch %d",
+                         config.early_stopping, epoch)
             checkpoint.save(step, train.generator, state, config)
+            if state.stopped:
+                break
     finally:
         if eta is not None:
             eta.close()  # no estimate from a run that has stopped
-    kept_epoch, weights = state.kept(step.network, config.keep)
+    kept_epoch, weights = state.kept(step.callbacks.eval_network(step.network), config.keep)
     return TrainResult(weights, kept_epoch, pd.DataFrame(state.history), pd.DataFrame(state.steps),
-                       str(train.device), train.precision, world, time.time() - started)
+                       str(train.device), train.precision, world, time.time() - started, torch.get_num_threads())
 
 
 def stop_if_diverged(row: dict, first_loss: float, config: TrainConfig, validated: bool) -> None:
@@ -347,20 +391,45 @@ def stop_if_diverged(row: dict, first_loss: float, config: TrainConfig, validate
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Loader, tta_flip: bool = False) -> torch.Tensor:
+def predict(model: nn.Module, loader: Loader, tta_flip: bool = False,
+            threads: ThreadPolicy | None = None, tta_crops: bool = False) -> torch.Tensor:
     """Logits ``[N, classes]`` (float32, on the loader's device) for every image of ``loader``,
-    in order, in eval mode; with ``tta_flip``, averaged with the mirrored image's."""
+    in order, in eval mode; with ``tta_flip``, averaged with the mirrored image's; with
+    ``tta_crops``, half the image's and a quarter each of the image shifted one pixel up-left
+    and down-right (airbench's multi-crop); on ``threads``' CPU thread count (``auto``: chosen
+    on the first batch, unless chosen before)."""
     was_training = model.training
     model = model.to(loader.device, memory_format=loader.memory_format).eval()
-    outputs = []
-    for images, _ in loader:
+    threads = threads or ThreadPolicy(None)
+
+    def view(images: torch.Tensor) -> torch.Tensor:
+        logits = model(images).float()
+        return (logits + model(images.flip(-1)).float()) / 2 if tta_flip else logits
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
         with loader.autocast():
-            logits = model(images).float()
-            if tta_flip:
-                logits = (logits + model(images.flip(-1)).float()) / 2
-        outputs.append(logits)
+            logits = view(images)
+            if tta_crops:
+                shifted = [shift(images, by) for by in (-1, 1)]
+                logits = logits / 2 + (view(shifted[0]) + view(shifted[1])) / 4
+        return logits
+
+    outputs = []
+    with threads:
+        for images, _ in loader:
+            if threads.auto and not threads.trials:
+                threads.calibrate(functools.partial(forward, images))
+            outputs.append(threads.timed(forward, images))
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, device=loader.device)
+
+
+def shift(images: torch.Tensor, by: int) -> torch.Tensor:
+    """``images`` moved ``by`` pixels down and right (up and left when negative), the edge
+    reflected into the gap."""
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    return padded[..., 1 - by:1 - by + height, 1 - by:1 - by + width]
 
 
 def evaluate(model: nn.Module, loader: Loader, tta_flip: bool = False) -> tuple[float, float]:
@@ -424,11 +493,29 @@ def train(job: TrainingJob) -> TrainResult:
                                  world_size=world)
     val_loader = Loader.create(subset_images(job.cache, "val", limit), job.cache.labels("val"), **norm,
                                batch_size=job.train.batch_size, compute=job.compute)
-    if rank == 0:
-        log.info("training %s (%s parameters) on %s%s, %s, %d threads: %d train / %d val images at %d px, "
-                 "batch %d, %d epochs", job.model.name, f"{count_parameters(network):,}", train_loader.device,
-                 f" x {world} processes" if world > 1 else "", train_loader.precision, torch.get_num_threads(),
-                 len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
-                 job.train.epochs)
     checkpoint = CheckpointSaver(job.checkpoint_path, job.fingerprint, job.train.resume)
-    return fit(network, train_loader, val_loader, job.train, checkpoint)
+    with ThreadPolicy.for_device(job.compute.threads, train_loader.device) as threads:
+        if threads.auto and len(train_loader):
+            threads.calibrate(probe_step(network, train_loader, job.train))
+        if rank == 0:
+            log.info("training %s (%s parameters) on %s%s, %s, %s: %d train / %d val images at %d px, "
+                     "batch %d, %d epochs", job.model.name, f"{count_parameters(network):,}", train_loader.device,
+                     f" x {world} processes" if world > 1 else "", train_loader.precision, threads.describe(),
+                     len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
+                     job.train.epochs)
+        return fit(network, train_loader, val_loader, job.train, checkpoint, threads)
+
+
+def probe_step(network: nn.Module, loader: Loader, config: TrainConfig):
+    """A training step's forward and backward on a copy of ``network`` and of the random state:
+    what ``compute.threads: auto`` times before training, without changing the run."""
+    scratch = copy.deepcopy(network).to(loader.device, memory_format=loader.memory_format).train()
+    images, labels = next(iter(loader))  # no generator yet: the first images, in order
+    images, labels = images[:config.batch_size // loader.world_size], labels[:config.batch_size // loader.world_size]
+
+    def probe() -> None:
+        with torch.random.fork_rng(devices=[]), loader.autocast():
+            loss = F.cross_entropy(scratch(images).float(), labels)
+        scratch.zero_grad(set_to_none=True)
+        loss.backward()
+    return probe

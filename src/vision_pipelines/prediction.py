@@ -21,8 +21,9 @@ from torch import nn
 from . import engine
 from .config import ComputeConfig, PredictConfig
 from .images import decode_all
-from .loader import Loader
+from .loader import Loader, resolve_device
 from .model_card import ModelCard
+from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def classify_files(files: Sequence[Path], card: ModelCard, network: nn.Module, c
     ``[n, C, H, W]``), for a grid. Batches are ``predict.batch_size``, with ``predict.tta_flip``."""
     top_k, shown = min(predict.top_k, len(card.class_names)), predict.grid_size
     rows, pictures = [], []
+    # compute.threads: auto is chosen once, on the first block
+    threads = ThreadPolicy.for_device(compute.threads, resolve_device(compute.device))
     it = iter(files)
     while block := list(itertools.islice(it, BLOCK)):
         decoded = list(decode_all(block, card.size, card.channels, workers))
@@ -52,7 +55,7 @@ def classify_files(files: Sequence[Path], card: ModelCard, network: nn.Module, c
         if good:
             images = torch.from_numpy(np.stack([decoded[i][0] for i in good]))
             loader = Loader.unlabelled(images, card.mean, card.std, predict.batch_size, compute)
-            probabilities = engine.predict(network, loader, predict.tta_flip).softmax(1).cpu()
+            probabilities = engine.predict(network, loader, predict.tta_flip, threads).softmax(1).cpu()
         confidence, index = probabilities.topk(top_k, dim=1)
         predicted = dict(zip(good, zip(confidence.tolist(), index.tolist())))
         for i, (_, _, detail) in enumerate(decoded):

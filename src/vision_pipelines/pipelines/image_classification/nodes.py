@@ -32,9 +32,10 @@ from ...config import (
     SubmissionConfig,
     TrainConfig,
 )
-from ...loader import Loader, memory_limit_bytes, subset_images
+from ...loader import Loader, memory_limit_bytes, resolve_device, subset_images
 from ...model_card import make_card, read_card
 from ...submission import submission_ids, submission_table
+from ...threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint
                      training={"config": dataclasses.asdict(train),
                                "device": result.device, "precision": result.precision,
                                "processes": result.world_size, "seconds": round(result.seconds, 1),
+                               "threads": {"setting": compute.threads, "used": result.threads},
                                "epochs_run": int(history.index.max()), "kept_epoch": result.kept_epoch,
                                "train_images": image_cache.count("train"), "val_images": image_cache.count("val")},
                      metrics={key: _json_float(history.loc[result.kept_epoch, key])
@@ -190,6 +192,7 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
     lineage.cache_matches_manifest(image_cache, manifest, card.class_names)
     network = card.network(model_weights)
     limit = memory_limit_bytes()  # held in memory when a subset fits in half the memory available
+    threads = ThreadPolicy.for_device(compute.threads, resolve_device(compute.device))  # one choice for all subsets
     frames = []
     for subset in HELD_OUT_SUBSETS:
         if not image_cache.count(subset):
@@ -197,7 +200,8 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
         loader = Loader.unlabelled(subset_images(image_cache, subset, limit), card.mean, card.std,
                                    evaluate.batch_size, compute)
         labels = image_cache.labels(subset)  # the table's; prediction does not read them
-        probabilities = engine.predict(network, loader, evaluate.tta_flip).softmax(1).cpu()
+        probabilities = engine.predict(network, loader, evaluate.tta_flip, threads,
+                                       evaluate.tta_crops).softmax(1).cpu()
         confidence, predicted = probabilities.max(1)
         frames.append(pd.DataFrame({
             "file": manifest["file"].to_numpy()[image_cache.rows(subset).numpy()], "subset": subset,
