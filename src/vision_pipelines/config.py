@@ -62,8 +62,13 @@ def _checked(value: Any, hint: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _checked(value, hint, name)
+        candidates = [a for a in args if a is not type(None)]
+        for hint in candidates[1:]:  # several types (train.max_lr: a rate or "auto"): the first that fits
+            try:
+                return _checked(value, hint, name)
+            except ConfigError:
+                pass
+        return _checked(value, candidates[0], name)  # none fits: the error names the main type
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -280,7 +285,7 @@ class TrainConfig(Settings):
     epochs: int = 4
     batch_size: int = 128  # images per optimizer step (the global batch under distributed)
     optimizer: str = "adam"  # adam | sgd (Nesterov, momentum 0.9)
-    max_lr: float = 0.01  # peak of the one-cycle schedule
+    max_lr: float | str = 0.01  # peak of the one-cycle schedule; auto: the lr_find suggestion (docs/tuning.md)
     pct_start: float = 0.25  # share of steps spent warming up to max_lr
     weight_decay: float = 1e-4  # L2, coupled (torch.optim.Adam/SGD weight_decay)
     grad_clip: float | None = 0.1  # max absolute gradient value; None = no clipping
@@ -297,7 +302,10 @@ class TrainConfig(Settings):
     def validate(self) -> None:
         _check_range(self, "epochs", 1, high=None)
         _check_range(self, "batch_size", 1, high=None)
-        _check_range(self, "max_lr", 0, low_open=True, high=None)
+        if self.max_lr != "auto":
+            if isinstance(self.max_lr, str):
+                raise ConfigError(f"train.max_lr must be a positive number or auto, got {self.max_lr!r}")
+            _check_range(self, "max_lr", 0, low_open=True, high=None)
         _check_range(self, "pct_start", 0, 1, low_open=True)
         _check_range(self, "weight_decay", 0, high=None)
         _check_range(self, "grad_clip", 0, low_open=True, high=None)
@@ -361,6 +369,28 @@ class PredictConfig(Settings):
         _check_range(self, "grid_size", 0, high=None)
 
 
+LR_FIND_RULES = ("valley", "minimum", "steepest")  # lr_finder's suggestion rules
+
+
+@dataclass(frozen=True)
+class LRFindConfig(Settings):
+    """``kedro run --pipelines=<dataset>_lr_find`` (and ``train.max_lr: auto``): the learning-rate
+    range test, with the dataset's model, optimizer, augmentation and batch size."""
+
+    section = "lr_find"
+    start: float = 1e-7  # first learning rate
+    end: float = 10.0  # last learning rate; the rate grows exponentially in between
+    steps: int = 100  # at most; fewer when a training run (train.epochs) has fewer batches, not under 20
+    rule: str = "valley"  # the suggestion train.max_lr=auto uses: valley | minimum | steepest
+
+    def validate(self) -> None:
+        _check_range(self, "start", 0, low_open=True, high=None)
+        if self.end <= self.start:
+            raise ConfigError(f"lr_find.end must be greater than lr_find.start ({self.start:g}), got {self.end:g}")
+        _check_range(self, "steps", 10, high=None)
+        _check_choice(self, "rule", LR_FIND_RULES)
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """All settings of one dataset's pipeline, cross-checked."""
@@ -376,6 +406,7 @@ class DatasetConfig:
     predict: PredictConfig
     # the model <dataset>_predict, <dataset>_export and the notebook use: latest | best | <version>
     model_version: str = "latest"
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_version, str) or not (

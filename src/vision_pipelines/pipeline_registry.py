@@ -18,7 +18,7 @@ from kedro.pipeline import Pipeline
 from .config import ConfigError
 
 DEFAULT_DATASET = "fruits"
-GENERATED = ("predict", "export")  # each dataset <d> also has the pipelines <d>_predict and <d>_export
+GENERATED = ("predict", "export", "lr_find")  # each dataset <d> also has the pipelines <d>_<kind>
 
 
 def dataset_names(conf_base: Path | None = None) -> list[str]:
@@ -31,20 +31,21 @@ def dataset_names(conf_base: Path | None = None) -> list[str]:
     for name in names:
         if name in made:
             raise ConfigError(f"{conf_base / f'parameters_{name}.yml'}: the dataset name {name!r} is taken by a "
-                              f"pipeline of {made[name]!r} (every dataset <d> has the pipelines <d>, <d>_predict "
-                              f"and <d>_export; __default__ runs {DEFAULT_DATASET}): rename the file and its "
-                              "top-level key")
+                              f"pipeline of {made[name]!r} (every dataset <d> has the pipelines <d> and "
+                              f"{', '.join(f'<d>_{kind}' for kind in GENERATED)}; __default__ runs "
+                              f"{DEFAULT_DATASET}): rename the file and its top-level key")
     return names
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    from .pipelines import export, image_classification, prediction
+    from .pipelines import export, image_classification, lr_find, prediction
 
     pipelines = {}
     for name in dataset_names():
         pipelines[name] = image_classification.create_pipeline(name)
         pipelines[f"{name}_predict"] = prediction.create_pipeline(name)
         pipelines[f"{name}_export"] = export.create_pipeline(name)
+        pipelines[f"{name}_lr_find"] = lr_find.create_pipeline(name)
     pipelines["__default__"] = pipelines.get(DEFAULT_DATASET, Pipeline([]))
     return pipelines
 

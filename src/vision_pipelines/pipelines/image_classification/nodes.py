@@ -26,6 +26,7 @@ from ...config import (
     ComputeConfig,
     EvaluateConfig,
     ImageConfig,
+    LRFindConfig,
     ModelConfig,
     SourceConfig,
     SplitConfig,
@@ -141,14 +142,21 @@ def summarise_data(manifest: pd.DataFrame, image_cache: ImageCache, class_names:
 
 
 def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint: Path, model: ModelConfig,
-                images: ImageConfig, train: TrainConfig, compute: ComputeConfig
+                images: ImageConfig, train: TrainConfig, compute: ComputeConfig, lr_find_reports: Path | None = None,
+                lr_find: LRFindConfig | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Train the configured network, in this process or in ``train.distributed``'s processes;
-    returns weights, model card, epoch history and step table."""
+    returns weights, model card, epoch history and step table. ``train.max_lr: auto`` takes the
+    rate from the newest range test in ``lr_find_reports`` that fits (or one run now)."""
     if data_report.get("errors"):
         raise ValueError("the data cannot be trained on (see data_report.json): " + "; ".join(data_report["errors"]))
     lineage.check(data_report.get("image_cache"), image_cache.fingerprint,
                   "the data report describes another image cache", "the cache stage (--tags=cache)")
+    if train.max_lr == "auto":
+        from ..lr_find.nodes import suggested_max_lr
+
+        train = suggested_max_lr(lr_find_reports, image_cache, model, images, train, compute,
+                                 lr_find or LRFindConfig())
     job = engine.TrainingJob(image_cache, model, images, train, compute, checkpoint)
     result = distributed.launch(job, _logging_config()) if train.distributed.enabled else engine.train(job)
     history = result.history.set_index("epoch")
