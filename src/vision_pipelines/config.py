@@ -392,6 +392,21 @@ class LRFindConfig(Settings):
 
 
 @dataclass(frozen=True)
+class CVConfig(Settings):
+    """``kedro run --pipelines=<dataset>_cv``: stratified k-fold cross-validation of the training
+    and validation images, and the ensemble of the k models. The number of fold trainings in the
+    pipeline is read from conf/base/parameters_<dataset>.yml when the pipelines are registered."""
+
+    section = "cv"
+    folds: int = 5
+    seed: int = 43  # same seed, same folds
+
+    def validate(self) -> None:
+        _check_range(self, "folds", 2, high=None)
+        _check_seed(self)
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     """All settings of one dataset's pipeline, cross-checked."""
 
@@ -407,6 +422,7 @@ class DatasetConfig:
     # the model <dataset>_predict, <dataset>_export and the notebook use: latest | best | <version>
     model_version: str = "latest"
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_version, str) or not (

@@ -18,7 +18,7 @@ from kedro.pipeline import Pipeline
 from .config import ConfigError
 
 DEFAULT_DATASET = "fruits"
-GENERATED = ("predict", "export", "lr_find")  # each dataset <d> also has the pipelines <d>_<kind>
+GENERATED = ("predict", "export", "lr_find", "cv")  # each dataset <d> also has the pipelines <d>_<kind>
 
 
 def dataset_names(conf_base: Path | None = None) -> list[str]:
@@ -38,7 +38,7 @@ def dataset_names(conf_base: Path | None = None) -> list[str]:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    from .pipelines import export, image_classification, lr_find, prediction
+    from .pipelines import cross_validation, export, image_classification, lr_find, prediction
 
     pipelines = {}
     for name in dataset_names():
@@ -46,8 +46,23 @@ def register_pipelines() -> dict[str, Pipeline]:
         pipelines[f"{name}_predict"] = prediction.create_pipeline(name)
         pipelines[f"{name}_export"] = export.create_pipeline(name)
         pipelines[f"{name}_lr_find"] = lr_find.create_pipeline(name)
+        pipelines[f"{name}_cv"] = cross_validation.create_pipeline(name, cv_folds(name))
     pipelines["__default__"] = pipelines.get(DEFAULT_DATASET, Pipeline([]))
     return pipelines
+
+
+def cv_folds(name: str, conf_base: Path | None = None) -> int:
+    """``<name>.cv.folds`` of conf/base/parameters_<name>.yml (the default when absent): how many
+    fold trainings ``<name>_cv`` has. Read from conf/base, since a pipeline is made before any run
+    parameters (--env, --params) are known; the folds node checks the run's value matches."""
+    import yaml
+
+    from .config import CVConfig
+
+    path = (conf_base or _conf_base()) / f"parameters_{name}.yml"
+    settings = ((yaml.safe_load(path.read_text()) or {}).get(name) or {}).get("cv") or {}
+    folds = settings.get("folds") if isinstance(settings, dict) else None
+    return folds if isinstance(folds, int) and folds >= 2 else CVConfig.folds  # else the parameters hook says why
 
 
 def _conf_base() -> Path:
