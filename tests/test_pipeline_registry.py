@@ -28,7 +28,7 @@ def test_registry_has_three_pipelines_per_dataset_and_a_safe_default() -> None:
     pipelines = register_pipelines()
     assert set(pipelines) == {"__default__", *DATASETS, *(f"{d}_predict" for d in DATASETS),
                               *(f"{d}_export" for d in DATASETS), *(f"{d}_lr_find" for d in DATASETS),
-                              *(f"{d}_cv" for d in DATASETS)}
+                              *(f"{d}_cv" for d in DATASETS), *(f"{d}_tune" for d in DATASETS)}
     assert {n.name for n in pipelines["__default__"].nodes} == {n.name for n in pipelines["fruits"].nodes}
     assert "fruits.manifest" in pipelines["fruits"].all_outputs()
     # predicting and exporting start from what training saved: one lineage in kedro-viz
@@ -37,7 +37,7 @@ def test_registry_has_three_pipelines_per_dataset_and_a_safe_default() -> None:
 
 
 @pytest.mark.parametrize("name", ["fruits_predict", "fruits_export", "fruits_lr_find", "fruits_cv",
-                                  "__default__"])
+                                  "fruits_tune", "__default__"])
 def test_a_dataset_named_like_a_generated_pipeline_is_refused_naming_its_file(name: str, tmp_path: Path) -> None:
     """Its pipeline would silently replace fruits' predict or export pipeline, or the default."""
     for dataset in ("fruits", name):

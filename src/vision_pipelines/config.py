@@ -406,6 +406,63 @@ class CVConfig(Settings):
         _check_seed(self)
 
 
+TUNE_OBJECTIVES = ("val_accuracy", "val_loss")
+
+
+@dataclass(frozen=True)
+class TuneConfig(Settings):
+    """``kedro run --pipelines=<dataset>_tune``: an Optuna search over ``space``, kept in a SQLite
+    study that a rerun continues (docs/tuning.md)."""
+
+    section = "tune"
+    # "<section>.<setting>": {low, high, log} (numbers) or {choices: [...]}, e.g.
+    # {train.max_lr: {low: 1.0e-3, high: 1.0e-1, log: true}, model.width: {choices: [16, 32]}}
+    space: dict = field(default_factory=dict)
+    trials: int = 20  # in all: a rerun runs the trials the study still lacks
+    timeout_s: float | None = None  # stop starting trials after this long (this run)
+    objective: str = "val_accuracy"  # val_accuracy (maximised) | val_loss (minimised), per epoch
+    study: str = "search"  # the study's name: a new name starts a new search
+    seed: int = 43  # the sampler's
+
+    def validate(self) -> None:
+        _check_range(self, "trials", 1, high=None)
+        _check_range(self, "timeout_s", 0, low_open=True, high=None)
+        _check_choice(self, "objective", TUNE_OBJECTIVES)
+        _check_seed(self)
+        for name, spec in self.space.items():
+            check_search_dimension(name, spec)
+
+
+def check_search_dimension(name: str, spec: Any) -> None:
+    """``tune.space.<name>`` names a number or choice setting and a possible range of it."""
+    where = f"tune.space.{name}"
+    section, _, setting = str(name).partition(".")
+    sections = {k: v for k, v in SECTIONS.items() if k in ("model", "train")}  # the rest needs a new cache
+    fields = {f.name: f for f in dataclasses.fields(sections[section])} if section in sections else {}
+    if setting not in fields or dataclasses.is_dataclass(typing.get_type_hints(sections[section])[setting]):
+        raise ConfigError(f"{where}: no such setting to search (it must be one of {sorted(sections)}'s settings, "
+                          "e.g. train.max_lr)")
+    if not isinstance(spec, dict) or not ({"choices"} == set(spec) or {"low", "high"} <= set(spec) <= {
+            "low", "high", "log", "step"}):
+        raise ConfigError(f"{where} must be {{low, high}} (with log or step) or {{choices: [...]}}, got {spec!r}")
+    if "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"{where}.choices must be a non-empty list, got {spec['choices']!r}")
+        values = spec["choices"]
+    else:
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+            raise ConfigError(f"{where}: low ({low!r}) must be a number below high ({high!r})")
+        if spec.get("log") and low <= 0:
+            raise ConfigError(f"{where}: log=true needs low > 0, got {low!r}")
+        values = [low, high]
+    for value in values:  # every end or choice must be a valid value of the setting itself
+        try:
+            parse(sections[section], {setting: value})
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {value!r} is no possible value ({error})") from None
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """All settings of one dataset's pipeline, cross-checked."""
@@ -423,6 +480,7 @@ class DatasetConfig:
     model_version: str = "latest"
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     cv: CVConfig = field(default_factory=CVConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_version, str) or not (

@@ -20,6 +20,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,9 +302,10 @@ class EtaReport:
 
 
 def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
-        checkpoint: CheckpointSaver | None = None) -> TrainResult:
+        checkpoint: CheckpointSaver | None = None, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``network`` with ``config``'s one-cycle recipe on ``train``, validating on ``val``
-    after each epoch; resumes from ``checkpoint`` and saves to it every epoch."""
+    after each epoch; resumes from ``checkpoint`` and saves to it every epoch. ``on_epoch_end``
+    gets each epoch's row (a hyperparameter search's pruner; it may raise to stop the run)."""
     started = time.time()
     rank, world = rank_and_world()
     train.generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
@@ -329,6 +331,8 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1f s)", epoch,
                      config.epochs, row["train_loss"], row["val_loss"], row["val_accuracy"], row["seconds"])
             checkpoint.save(step, train.generator, state, config)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
     finally:
         if eta is not None:
             eta.close()  # no estimate from a run that has stopped
@@ -448,7 +452,7 @@ def available_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def train(job: TrainingJob) -> TrainResult:
+def train(job: TrainingJob, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
     """Build the network and loaders from ``job`` and fit: the same code in every process."""
     rank, world = rank_and_world()
     seed_everything(job.train.seed, job.train.deterministic)
@@ -468,4 +472,4 @@ def train(job: TrainingJob) -> TrainResult:
                  len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
                  job.train.epochs)
     checkpoint = CheckpointSaver(job.checkpoint_path, job.fingerprint, job.train.resume)
-    return fit(network, train_loader, val_loader, job.train, checkpoint)
+    return fit(network, train_loader, val_loader, job.train, checkpoint, on_epoch_end)

@@ -18,7 +18,7 @@ from kedro.pipeline import Pipeline
 from .config import ConfigError
 
 DEFAULT_DATASET = "fruits"
-GENERATED = ("predict", "export", "lr_find", "cv")  # each dataset <d> also has the pipelines <d>_<kind>
+GENERATED = ("predict", "export", "lr_find", "cv", "tune")  # each dataset <d> also has the pipelines <d>_<kind>
 
 
 def dataset_names(conf_base: Path | None = None) -> list[str]:
@@ -38,7 +38,7 @@ def dataset_names(conf_base: Path | None = None) -> list[str]:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    from .pipelines import cross_validation, export, image_classification, lr_find, prediction
+    from .pipelines import cross_validation, export, image_classification, lr_find, prediction, tuning
 
     pipelines = {}
     for name in dataset_names():
@@ -47,6 +47,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         pipelines[f"{name}_export"] = export.create_pipeline(name)
         pipelines[f"{name}_lr_find"] = lr_find.create_pipeline(name)
         pipelines[f"{name}_cv"] = cross_validation.create_pipeline(name, cv_folds(name))
+        pipelines[f"{name}_tune"] = tuning.create_pipeline(name)
     pipelines["__default__"] = pipelines.get(DEFAULT_DATASET, Pipeline([]))
     return pipelines
 
