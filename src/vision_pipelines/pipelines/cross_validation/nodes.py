@@ -30,7 +30,7 @@ from ..image_classification.nodes import train_model
 log = logging.getLogger(__name__)
 
 
-def split_folds(manifest: pd.DataFrame, cv: CVConfig, fold: int = 5) -> pd.DataFrame:
+def assign_folds(manifest: pd.DataFrame, cv: CVConfig, fold: int = 5) -> pd.DataFrame:
     """Stratified folds of the train and val images; ``fold`` is the number of fold trainings the
     pipeline was made with (from conf/base), which ``cv.folds`` must match."""
     if cv.folds != fold:

@@ -18,7 +18,7 @@ from .nodes import (
     plot_cv_confusion,
     predict_fold,
     report_cross_validation,
-    split_folds,
+    assign_folds,
     train_fold,
 )
 
@@ -51,8 +51,10 @@ def create_template(dataset: str = "<dataset>", folds: int = 5) -> Pipeline:
     per_fold = [Pipeline(fold_template(i), namespace=f"fold_{i}", inputs=FOLD_INPUTS, parameters=FOLD_PARAMETERS,
                          outputs={"fold_probabilities": probabilities[i - 1]}) for i in range(1, folds + 1)]
     return data + Pipeline([
-        Node(naming_the_dataset(dataset, for_fold(split_folds, folds)), ["manifest", "params:cv"], "cv_folds",
-             name="split_folds", tags="cv"),
+        # right after the split, and before the image cache (Kedro runs nodes that are ready at the
+        # same time in name order): an impossible cv.folds is refused before any decoding
+        Node(naming_the_dataset(dataset, for_fold(assign_folds, folds)), ["manifest", "params:cv"], "cv_folds",
+             name="assign_folds", tags="cv"),
         *per_fold,
         Node(ensemble_predictions, ["manifest", "class_names", *probabilities], "ensemble_predictions",
              name="ensemble_predictions", tags="cv"),
