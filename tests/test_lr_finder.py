@@ -93,3 +93,9 @@ def test_an_lr_find_that_diverges_at_once_names_the_setting(kedro_project: Path,
                                       "lr_find.start": 1e3, "lr_find.end": 1e8, "lr_find.steps": 20})
     with pytest.raises(ConfigError, match=r"fruits\.lr_find\.start=1e\+03: the learning-rate range test diverged"):
         run_kedro(kedro_project, "fruits_lr_find", params)
+
+
+def test_max_lr_is_a_positive_number_or_auto() -> None:
+    assert TrainConfig(max_lr="auto").max_lr == "auto" and TrainConfig(max_lr=1).max_lr == 1.0
+    with pytest.raises(ConfigError, match="train.max_lr must be a positive number or auto, got 'fast'"):
+        TrainConfig(max_lr="fast")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
@@ -50,3 +51,5 @@ def test_a_stopped_search_resumes_keeping_its_finished_trials(kedro_project: Pat
     best = yaml.safe_load(latest(kedro_project / "data" / "08_reporting" / "fruits" / "best_params.yml").read_text())
     assert set(best["fruits"]) == {"train", "model"} and report["best_params"].startswith("fruits.")
     assert latest(kedro_project / "data" / "08_reporting" / "fruits" / "tune.png").stat().st_size > 0
+    trial_runs = mlflow.search_runs(search_all_experiments=True, filter_string="params.`optuna.trial` = '2'")
+    assert len(trial_runs) == 1 and trial_runs["tags.mlflow.parentRunId"].notna().all()  # nested in the search's run

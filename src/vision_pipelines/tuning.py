@@ -9,9 +9,11 @@ trials, and running the search again continues it up to ``tune.trials``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -85,14 +87,33 @@ def search(study: optuna.Study, tune: TuneConfig, current: dict[str, Any],
         return
 
     def objective(trial: optuna.Trial) -> float:
-        def report(row: dict) -> None:
-            trial.report(row[tune.objective], row["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {row['epoch']}: {tune.objective} {row[tune.objective]:.4f}")
+        values = sample(trial, tune.space, current)
+        with mlflow_trial(trial.number, values) as mlflow:
+            def report(row: dict) -> None:
+                trial.report(row[tune.objective], row["epoch"])
+                if mlflow is not None:
+                    mlflow.log_metric(tune.objective, row[tune.objective], step=row["epoch"])
+                if trial.should_prune():
+                    if mlflow is not None:
+                        mlflow.set_tag("optuna.state", "PRUNED")
+                    raise optuna.TrialPruned(f"epoch {row['epoch']}: {tune.objective} {row[tune.objective]:.4f}")
 
-        return train_trial(sample(trial, tune.space, current), report)
+            return train_trial(values, report)
 
     study.optimize(objective, n_trials=remaining, timeout=tune.timeout_s, catch=(TrainingDiverged,))
+
+
+@contextlib.contextmanager
+def mlflow_trial(number: int, values: dict[str, Any]) -> Iterator[Any]:
+    """An MLflow run nested under the search's run for one trial (its values as parameters, its
+    metric per epoch), when MLflow tracks this run; else nothing (``None``)."""
+    mlflow = sys.modules.get("mlflow")  # imported by kedro-mlflow when tracking is on
+    if mlflow is None or mlflow.active_run() is None:
+        yield None
+        return
+    with mlflow.start_run(run_name=f"trial {number}", nested=True):
+        mlflow.log_params({**values, "optuna.trial": number})
+        yield mlflow
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:

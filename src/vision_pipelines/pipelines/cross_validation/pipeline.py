@@ -14,11 +14,11 @@ from .. import naming_the_dataset
 from ..image_classification import create_template as training_template
 from ..image_classification.nodes import make_submission
 from .nodes import (
+    assign_folds,
     ensemble_predictions,
     plot_cv_confusion,
     predict_fold,
     report_cross_validation,
-    assign_folds,
     train_fold,
 )
 
