@@ -31,6 +31,9 @@ RULES = LR_FIND_RULES
 SMOOTHING = 0.98  # fastai's exponential moving average of the loss (debiased)
 DIVERGED_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its best
 SKIP_END = 5  # fastai drops the last steps, where the loss has started to explode
+# and (fastai v1) the first ones, where batch-to-batch noise in a still-short moving average
+# makes a steep "fall" (steepest would pick the very first rate)
+SKIP_START = 10
 MIN_POINTS = 8  # fewer steps before the loss explodes make no curve to read
 
 
@@ -84,9 +87,11 @@ def _endless(loader: Loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 def usable(curve: pd.DataFrame) -> pd.DataFrame:
     """The part of the curve the rules read: its finite steps less the last ``SKIP_END`` (where
-    the loss starts to explode); a curve that explodes at once is refused, naming the setting."""
+    the loss starts to explode) and, on a long curve, the first ``SKIP_START``; a curve that
+    explodes at once is refused, naming the setting."""
     finite = curve[np.isfinite(curve["smoothed"])]
     kept = finite.iloc[:-SKIP_END] if len(finite) > MIN_POINTS + SKIP_END else finite
+    kept = kept.iloc[SKIP_START:] if len(kept) >= MIN_POINTS + 2 * SKIP_START else kept
     if len(kept) < MIN_POINTS:
         first = curve["lr"].iloc[0] if len(curve) else float("nan")
         last = curve["lr"].iloc[-1] if len(curve) else float("nan")
