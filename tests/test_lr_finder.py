@@ -59,11 +59,11 @@ def test_the_range_test_leaves_the_weights_and_batch_norm_statistics_untouched()
     torch.manual_seed(0)
     network = build_model(MODEL, 3, 3)
     before = {k: v.clone() for k, v in network.state_dict().items()}
-    images = torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8)
-    loader = Loader.create(MemoryImages(images), torch.arange(24) % 3, [0.5] * 3, [0.5] * 3, 8, CPU,
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    loader = Loader.create(MemoryImages(images), torch.arange(16) % 3, [0.5] * 3, [0.5] * 3, 8, CPU,
                            generator=torch.Generator().manual_seed(0))
-    curve = lr_finder.range_test(network, loader, TrainConfig(), 1e-5, 1.0, 20)
-    assert len(curve) > 10 and curve["lr"].is_monotonic_increasing and curve["loss"].notna().all()
+    curve = lr_finder.range_test(network, loader, TrainConfig(), 1e-5, 1.0, 12)
+    assert len(curve) > 6 and curve["lr"].is_monotonic_increasing and curve["loss"].notna().all()
     after = network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -71,17 +71,18 @@ def test_the_range_test_leaves_the_weights_and_batch_norm_statistics_untouched()
 def test_lr_find_pipeline_writes_its_report_and_plot_and_max_lr_auto_uses_it(kedro_project: Path, tmp_path: Path,
                                                                               project_log) -> None:
     images = make_folders_dataset(tmp_path / "images", train=12, test=2)
-    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(images), "lr_find.steps": 20})
+    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(images), "lr_find.steps": 12,
+                                      "images.size": 8, "model.width": 4, "train.epochs": 1})
     run_kedro(kedro_project, "fruits_lr_find", params)
     reporting = kedro_project / "data" / "08_reporting" / "fruits"
     report = json.loads(latest(reporting / "lr_find.json").read_text())
     assert set(report["suggestions"]) == {"valley", "minimum", "steepest"}
     assert report["suggested_max_lr"] == report["suggestions"]["valley"]
-    assert len(report["curve"]["lr"]) == report["steps"] <= 20
+    assert len(report["curve"]["lr"]) == report["steps"] <= 12
     assert latest(reporting / "lr_find.png").stat().st_size > 0
     assert not (kedro_project / "data" / "06_models" / "fruits").exists()  # no weights, no checkpoint
 
-    run_kedro(kedro_project, "fruits", {**params, "fruits.train.max_lr": "auto"})
+    run_kedro(kedro_project, "fruits", {**params, "fruits.train.max_lr": "auto"}, tags=["train"])
     card = json.loads(latest(kedro_project / "data" / "06_models" / "fruits" / "model_card.json").read_text())
     assert card["training"]["config"]["max_lr"] == report["suggestions"]["valley"]
     assert "the valley suggestion of the range test" in project_log.text
@@ -89,8 +90,8 @@ def test_lr_find_pipeline_writes_its_report_and_plot_and_max_lr_auto_uses_it(ked
 
 def test_an_lr_find_that_diverges_at_once_names_the_setting(kedro_project: Path, tmp_path: Path) -> None:
     images = make_folders_dataset(tmp_path / "images", train=12, test=2)
-    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(images),
-                                      "lr_find.start": 1e3, "lr_find.end": 1e8, "lr_find.steps": 20})
+    params = fast_params("fruits", **{"source.kind": "local", "source.path": str(images), "images.size": 8,
+                                      "model.width": 4, "lr_find.start": 1e3, "lr_find.end": 1e8, "lr_find.steps": 12})
     with pytest.raises(ConfigError, match=r"fruits\.lr_find\.start=1e\+03: the learning-rate range test diverged"):
         run_kedro(kedro_project, "fruits_lr_find", params)
 

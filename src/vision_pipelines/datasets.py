@@ -276,3 +276,5 @@ def saved_path(catalog, name: str) -> Path:
 
 class YAMLDataset(RunVersioned, AtomicSave, _YAMLDataset):
     """``yaml.YAMLDataset``, saved atomically: settings a user passes back (a search's best)."""
+
+    preview = _preview_when_saved(_YAMLDataset.preview)

@@ -143,7 +143,7 @@ def summarise_data(manifest: pd.DataFrame, image_cache: ImageCache, class_names:
 
 def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint: Path, model: ModelConfig,
                 images: ImageConfig, train: TrainConfig, compute: ComputeConfig, lr_find_reports: Path | None = None,
-                lr_find: LRFindConfig | None = None
+                lr_find: LRFindConfig = LRFindConfig()  # noqa: B008 - frozen: one shared default is safe
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Train the configured network, in this process or in ``train.distributed``'s processes;
     returns weights, model card, epoch history and step table. ``train.max_lr: auto`` takes the
@@ -155,8 +155,7 @@ def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint
     if train.max_lr == "auto":
         from ..lr_find.nodes import suggested_max_lr
 
-        train = suggested_max_lr(lr_find_reports, image_cache, model, images, train, compute,
-                                 lr_find or LRFindConfig())
+        train = suggested_max_lr(lr_find_reports, image_cache, model, images, train, compute, lr_find)
     job = engine.TrainingJob(image_cache, model, images, train, compute, checkpoint)
     result = distributed.launch(job, _logging_config()) if train.distributed.enabled else engine.train(job)
     history = result.history.set_index("epoch")
