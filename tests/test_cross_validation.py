@@ -77,6 +77,8 @@ def test_cv_pipeline_trains_each_fold_and_writes_the_report_and_ensemble_submiss
     assert report["out_of_fold_images"] == sum(f["images"] for f in report["folds"]) == 24  # every train/val image
     assert set(report["summary"]) == {"accuracy", "macro_f1"} and report["ensemble_test"]["images"] == 6
     assert np.array(report["out_of_fold"]["confusion_matrix"]).sum() == 24
+    out_of_fold = pd.read_parquet(latest(data / "07_model_output" / "fruits" / "oof_predictions.parquet"))
+    assert out_of_fold["file"].is_unique and len(out_of_fold) == 24 and set(out_of_fold["fold"]) == {1, 2, 3}
     submission = pd.read_csv(latest(data / "07_model_output" / "fruits" / "ensemble_submission.csv"))
     assert len(submission) == 6
     for fold in (1, 2, 3):

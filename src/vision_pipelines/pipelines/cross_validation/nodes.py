@@ -93,6 +93,16 @@ def ensemble_predictions(manifest: pd.DataFrame, class_names: list[str], *fold_p
     return predictions
 
 
+def out_of_fold_predictions(class_names: list[str], *fold_probabilities: pd.DataFrame) -> pd.DataFrame:
+    """Every train and val image once, predicted by the fold model that did not train on it:
+    ``file, fold, label, predicted, confidence`` and the class probabilities."""
+    rows = pd.concat([p[p["subset"] == "val"] for p in fold_probabilities], ignore_index=True)
+    probabilities = rows[[f"p_{c}" for c in class_names]].to_numpy()
+    rows.insert(4, "predicted", [class_names[i] for i in probabilities.argmax(1)])
+    rows.insert(5, "confidence", probabilities.max(1))
+    return rows.drop(columns="subset").sort_values("file", ignore_index=True)
+
+
 def report_cross_validation(class_names: list[str], ensemble_predictions: pd.DataFrame, evaluate: EvaluateConfig,
                             *fold_probabilities: pd.DataFrame) -> dict[str, Any]:
     """Accuracy and macro F1 of each fold on its own images, their mean ± sd, the metrics of all

@@ -16,6 +16,7 @@ from ..image_classification.nodes import make_submission
 from .nodes import (
     assign_folds,
     ensemble_predictions,
+    out_of_fold_predictions,
     plot_cv_confusion,
     predict_fold,
     report_cross_validation,
@@ -60,6 +61,8 @@ def create_template(dataset: str = "<dataset>", folds: int = 5) -> Pipeline:
              name="ensemble_predictions", tags="cv"),
         Node(report_cross_validation, ["class_names", "ensemble_predictions", "params:evaluate", *probabilities],
              "cv_report", name="report_cross_validation", tags="cv"),
+        Node(out_of_fold_predictions, ["class_names", *probabilities], "oof_predictions",
+             name="out_of_fold_predictions", tags="cv"),
         Node(plot_cv_confusion, "cv_report", "cv_confusion_plot", name="plot_cv_confusion", tags="cv"),
         Node(make_submission, ["ensemble_predictions", "manifest", "raw_images", "params:submission"],
              "ensemble_submission", name="make_ensemble_submission", tags="cv"),
