@@ -194,3 +194,19 @@ def test_divergence_is_a_non_finite_loss_or_one_a_thousand_times_the_first(
             engine.stop_if_diverged(row, 1.7, TrainConfig(), validated)
     else:
         engine.stop_if_diverged(row, 1.7, TrainConfig(), validated)
+
+
+def test_on_epoch_end_sees_every_epoch_and_can_stop_the_run() -> None:
+    """The seam a hyperparameter search's pruner uses: each epoch's row, and an exception stops
+    training there."""
+    seen = []
+
+    def stop_after_two(row: dict) -> None:
+        seen.append((row["epoch"], round(row["val_accuracy"], 6)))
+        if row["epoch"] == 2:
+            raise StopIteration("pruned")
+
+    with pytest.raises(StopIteration, match="pruned"):
+        engine.fit(ResNet9(3, 4, width=4), loader(), loader(), TrainConfig(epochs=3, batch_size=8),
+                   on_epoch_end=stop_after_two)
+    assert [epoch for epoch, _ in seen] == [1, 2]
