@@ -17,6 +17,7 @@ from vision_pipelines.atomic import write_atomically
 from vision_pipelines.config import ComputeConfig, TrainConfig
 from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.models import ResNet9
+from vision_pipelines.recipe import Callback
 
 GENERATOR = torch.Generator().manual_seed(0)
 IMAGES = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=GENERATOR)
@@ -194,3 +195,21 @@ def test_divergence_is_a_non_finite_loss_or_one_a_thousand_times_the_first(
             engine.stop_if_diverged(row, 1.7, TrainConfig(), validated)
     else:
         engine.stop_if_diverged(row, 1.7, TrainConfig(), validated)
+
+
+def test_a_callback_passed_to_fit_sees_every_epoch_and_can_stop_the_run() -> None:
+    """The seam a hyperparameter search's pruner uses: each epoch's row, and an exception stops
+    training there."""
+    seen = []
+
+    class StopAfterTwo(Callback):
+        def on_epoch_end(self, row: dict) -> bool:
+            seen.append((row["epoch"], round(row["val_accuracy"], 6)))
+            if row["epoch"] == 2:
+                raise StopIteration("pruned")
+            return False
+
+    with pytest.raises(StopIteration, match="pruned"):
+        engine.fit(ResNet9(3, 4, width=4), loader(), loader(), TrainConfig(epochs=3, batch_size=8),
+                   callbacks=[StopAfterTwo()])
+    assert [epoch for epoch, _ in seen] == [1, 2]

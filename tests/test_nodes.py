@@ -27,6 +27,7 @@ from conftest import (
 from vision_pipelines.config import (
     EvaluateConfig,
     ImageConfig,
+    LRFindConfig,
     SourceConfig,
     SplitConfig,
     SubmissionConfig,
@@ -496,6 +497,7 @@ def test_namespaced_train_evaluate_submit_slice_through_sequential_runner(raw: P
         "params:fruits.model": MemoryDataset(MODEL), "params:fruits.images": MemoryDataset(IMAGES),
         "params:fruits.train": MemoryDataset(dataclasses.replace(TRAIN, epochs=1)),
         "params:fruits.compute": MemoryDataset(CPU),
+        "fruits.lr_find_reports": MemoryDataset(None), "params:fruits.lr_find": MemoryDataset(LRFindConfig()),
         "params:fruits.evaluate": MemoryDataset(EvaluateConfig(subset="test")),
         "params:fruits.submission": MemoryDataset(SubmissionConfig(subset="test", id_from="path")),
     })

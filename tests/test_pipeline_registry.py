@@ -27,7 +27,8 @@ def test_registry_has_three_pipelines_per_dataset_and_a_safe_default() -> None:
     assert dataset_names(PROJECT_ROOT / "conf" / "base") == DATASETS
     pipelines = register_pipelines()
     assert set(pipelines) == {"__default__", *DATASETS, *(f"{d}_predict" for d in DATASETS),
-                              *(f"{d}_export" for d in DATASETS)}
+                              *(f"{d}_export" for d in DATASETS), *(f"{d}_lr_find" for d in DATASETS),
+                              *(f"{d}_cv" for d in DATASETS), *(f"{d}_tune" for d in DATASETS)}
     assert {n.name for n in pipelines["__default__"].nodes} == {n.name for n in pipelines["fruits"].nodes}
     assert "fruits.manifest" in pipelines["fruits"].all_outputs()
     # predicting and exporting start from what training saved: one lineage in kedro-viz
@@ -35,7 +36,8 @@ def test_registry_has_three_pipelines_per_dataset_and_a_safe_default() -> None:
     assert {"fruits.model_weights", "fruits.model_card"} <= pipelines["fruits_export"].inputs()
 
 
-@pytest.mark.parametrize("name", ["fruits_predict", "fruits_export", "__default__"])
+@pytest.mark.parametrize("name", ["fruits_predict", "fruits_export", "fruits_lr_find", "fruits_cv",
+                                  "fruits_tune", "__default__"])
 def test_a_dataset_named_like_a_generated_pipeline_is_refused_naming_its_file(name: str, tmp_path: Path) -> None:
     """Its pipeline would silently replace fruits' predict or export pipeline, or the default."""
     for dataset in ("fruits", name):
@@ -68,8 +70,8 @@ def test_namespaced_nodes_read_their_own_parameters_and_write_their_own_artifact
             assert name.startswith((f"{dataset}.", f"params:{dataset}.")), (node.name, name)
         assert all(name.startswith(f"{dataset}.") for name in node.outputs), node.name
     assert pipeline.inputs() == {*(f"params:{dataset}.{s}" for s in ("source", "split", "images", "model", "compute",
-                                                                    "train", "evaluate", "submission")),
-                                 f"{dataset}.downloads", f"{dataset}.checkpoint"}
+                                                                    "train", "evaluate", "submission", "lr_find")),
+                                 f"{dataset}.downloads", f"{dataset}.checkpoint", f"{dataset}.lr_find_reports"}
 
 
 def test_each_stage_tag_selects_its_nodes() -> None:

@@ -63,12 +63,13 @@ def _checked(value: Any, hint: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        types_ = [a for a in args if a is not type(None)]
-        if len(types_) > 1:  # e.g. int | str: kept as given when it is one of them; validate() says more
-            if any(isinstance(value, t) and not isinstance(value, bool) for t in types_):
-                return value
-            raise ConfigError(f"{name} must be {' or '.join(t.__name__ for t in types_)}, got {value!r}")
-        return _checked(value, types_[0], name)
+        candidates = [a for a in args if a is not type(None)]
+        for hint in candidates[1:]:  # several types (train.max_lr: a rate or "auto"): the first that fits
+            try:
+                return _checked(value, hint, name)
+            except ConfigError:
+                pass
+        return _checked(value, candidates[0], name)  # none fits: the error names the main type
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -291,7 +292,7 @@ class TrainConfig(Settings):
     epochs: int = 4
     batch_size: int = 128  # images per optimizer step (the global batch under distributed)
     optimizer: str = "adam"  # adam | sgd (Nesterov, momentum 0.9)
-    max_lr: float = 0.01  # peak of the one-cycle schedule
+    max_lr: float | str = 0.01  # peak of the one-cycle schedule; auto: the lr_find suggestion (docs/tuning.md)
     pct_start: float = 0.25  # share of steps spent warming up to max_lr
     weight_decay: float = 1e-4  # L2, coupled (torch.optim.Adam/SGD weight_decay)
     grad_clip: float | None = 0.1  # max absolute gradient value; None = no clipping
@@ -314,7 +315,10 @@ class TrainConfig(Settings):
     def validate(self) -> None:
         _check_range(self, "epochs", 1, high=None)
         _check_range(self, "batch_size", 1, high=None)
-        _check_range(self, "max_lr", 0, low_open=True, high=None)
+        if self.max_lr != "auto":
+            if isinstance(self.max_lr, str):
+                raise ConfigError(f"train.max_lr must be a positive number or auto, got {self.max_lr!r}")
+            _check_range(self, "max_lr", 0, low_open=True, high=None)
         _check_range(self, "pct_start", 0, 1, low_open=True)
         _check_range(self, "weight_decay", 0, high=None)
         _check_range(self, "grad_clip", 0, low_open=True, high=None)
@@ -385,6 +389,100 @@ class PredictConfig(Settings):
         _check_range(self, "grid_size", 0, high=None)
 
 
+LR_FIND_RULES = ("valley", "minimum", "steepest")  # lr_finder's suggestion rules
+
+
+@dataclass(frozen=True)
+class LRFindConfig(Settings):
+    """``kedro run --pipelines=<dataset>_lr_find`` (and ``train.max_lr: auto``): the learning-rate
+    range test, with the dataset's model, optimizer, augmentation and batch size."""
+
+    section = "lr_find"
+    start: float = 1e-7  # first learning rate
+    end: float = 10.0  # last learning rate; the rate grows exponentially in between
+    steps: int = 100  # at most; fewer when a training run (train.epochs) has fewer batches, not under 20
+    rule: str = "valley"  # the suggestion train.max_lr=auto uses: valley | minimum | steepest
+
+    def validate(self) -> None:
+        _check_range(self, "start", 0, low_open=True, high=None)
+        if self.end <= self.start:
+            raise ConfigError(f"lr_find.end must be greater than lr_find.start ({self.start:g}), got {self.end:g}")
+        _check_range(self, "steps", 10, high=None)
+        _check_choice(self, "rule", LR_FIND_RULES)
+
+
+@dataclass(frozen=True)
+class CVConfig(Settings):
+    """``kedro run --pipelines=<dataset>_cv``: stratified k-fold cross-validation of the training
+    and validation images, and the ensemble of the k models. The number of fold trainings in the
+    pipeline is read from conf/base/parameters_<dataset>.yml when the pipelines are registered."""
+
+    section = "cv"
+    folds: int = 5
+    seed: int = 43  # same seed, same folds
+
+    def validate(self) -> None:
+        _check_range(self, "folds", 2, high=None)
+        _check_seed(self)
+
+
+TUNE_OBJECTIVES = ("val_accuracy", "val_loss")
+
+
+@dataclass(frozen=True)
+class TuneConfig(Settings):
+    """``kedro run --pipelines=<dataset>_tune``: an Optuna search over ``space``, kept in a SQLite
+    study that a rerun continues (docs/tuning.md)."""
+
+    section = "tune"
+    # "<section>.<setting>": {low, high, log} (numbers) or {choices: [...]}, e.g.
+    # {train.max_lr: {low: 1.0e-3, high: 1.0e-1, log: true}, model.width: {choices: [16, 32]}}
+    space: dict = field(default_factory=dict)
+    trials: int = 20  # in all: a rerun runs the trials the study still lacks
+    timeout_s: float | None = None  # stop starting trials after this long (this run)
+    objective: str = "val_accuracy"  # val_accuracy (maximised) | val_loss (minimised), per epoch
+    study: str = "search"  # the study's name: a new name starts a new search
+    seed: int = 43  # the sampler's
+
+    def validate(self) -> None:
+        _check_range(self, "trials", 1, high=None)
+        _check_range(self, "timeout_s", 0, low_open=True, high=None)
+        _check_choice(self, "objective", TUNE_OBJECTIVES)
+        _check_seed(self)
+        for name, spec in self.space.items():
+            check_search_dimension(name, spec)
+
+
+def check_search_dimension(name: str, spec: Any) -> None:
+    """``tune.space.<name>`` names a number or choice setting and a possible range of it."""
+    where = f"tune.space.{name}"
+    section, _, setting = str(name).partition(".")
+    sections = {k: v for k, v in SECTIONS.items() if k in ("model", "train")}  # the rest needs a new cache
+    fields = {f.name: f for f in dataclasses.fields(sections[section])} if section in sections else {}
+    if setting not in fields or dataclasses.is_dataclass(typing.get_type_hints(sections[section])[setting]):
+        raise ConfigError(f"{where}: no such setting to search (it must be one of {sorted(sections)}'s settings, "
+                          "e.g. train.max_lr)")
+    if not isinstance(spec, dict) or not ({"choices"} == set(spec) or {"low", "high"} <= set(spec) <= {
+            "low", "high", "log", "step"}):
+        raise ConfigError(f"{where} must be {{low, high}} (with log or step) or {{choices: [...]}}, got {spec!r}")
+    if "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"{where}.choices must be a non-empty list, got {spec['choices']!r}")
+        values = spec["choices"]
+    else:
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+            raise ConfigError(f"{where}: low ({low!r}) must be a number below high ({high!r})")
+        if spec.get("log") and low <= 0:
+            raise ConfigError(f"{where}: log=true needs low > 0, got {low!r}")
+        values = [low, high]
+    for value in values:  # every end or choice must be a valid value of the setting itself
+        try:
+            parse(sections[section], {setting: value})
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {value!r} is no possible value ({error})") from None
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """All settings of one dataset's pipeline, cross-checked."""
@@ -400,6 +498,9 @@ class DatasetConfig:
     predict: PredictConfig
     # the model <dataset>_predict, <dataset>_export and the notebook use: latest | best | <version>
     model_version: str = "latest"
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_version, str) or not (

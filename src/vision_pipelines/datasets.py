@@ -32,6 +32,7 @@ from kedro_datasets.json import JSONDataset as _JSONDataset
 from kedro_datasets.matplotlib import MatplotlibDataset as _MatplotlibDataset
 from kedro_datasets.pandas import CSVDataset as _CSVDataset
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
+from kedro_datasets.yaml import YAMLDataset as _YAMLDataset
 from kedro_datasets_experimental.safetensors import SafetensorsDataset as _SafetensorsDataset
 from PIL import Image
 
@@ -271,3 +272,9 @@ def saved_path(catalog, name: str) -> Path:
     if isinstance(dataset, AbstractVersionedDataset) and dataset._version:
         return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
     return Path(dataset_path(dataset))
+
+
+class YAMLDataset(RunVersioned, AtomicSave, _YAMLDataset):
+    """``yaml.YAMLDataset``, saved atomically: settings a user passes back (a search's best)."""
+
+    preview = _preview_when_saved(_YAMLDataset.preview)

@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
 from .console import Progress, format_seconds
 from .loader import Loader, memory_limit_bytes, subset_images
 from .models import build_model, count_parameters
-from .recipe import Callbacks, MixedLabels, callbacks_for
+from .recipe import Callback, Callbacks, MixedLabels, callbacks_for
 from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
@@ -330,10 +331,12 @@ class EtaReport:
 
 
 def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
-        checkpoint: CheckpointSaver | None = None, threads: ThreadPolicy | None = None) -> TrainResult:
+        checkpoint: CheckpointSaver | None = None, threads: ThreadPolicy | None = None,
+        callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train ``network`` with ``config``'s one-cycle recipe on ``train``, validating on ``val``
     after each epoch; resumes from ``checkpoint`` and saves to it every epoch; ``threads`` sets
-    and times the CPU thread count of the steps."""
+    and times the CPU thread count of the steps; ``callbacks`` run after those
+    ``config``'s options ask for (a hyperparameter search's pruner: it may raise to stop the run)."""
     started = time.time()
     rank, world = rank_and_world()
     train.generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
@@ -343,7 +346,7 @@ def fit(network: nn.Module, train: Loader, val: Loader, config: TrainConfig,
     if total_steps == 0:
         raise ValueError(f"{len(train.labels)} training image(s) make no training batch: batch norm needs at "
                          f"least {2 * train.world_size} (2 per process); see the data report")
-    step = TrainStep(network, config, train, total_steps, callbacks_for(config))
+    step = TrainStep(network, config, train, total_steps, callbacks_for(config, callbacks))
     step.callbacks.on_train_start(step, train)
     checkpoint = checkpoint or CheckpointSaver(None, "")
     state = checkpoint.restore(step, train.generator, config)
@@ -480,7 +483,7 @@ class TrainingJob:
         return hashlib.sha256(repr(key).encode()).hexdigest()
 
 
-def train(job: TrainingJob) -> TrainResult:
+def train(job: TrainingJob, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Build the network and loaders from ``job`` and fit: the same code in every process."""
     rank, world = rank_and_world()
     seed_everything(job.train.seed, job.train.deterministic)
@@ -503,7 +506,7 @@ def train(job: TrainingJob) -> TrainResult:
                      f" x {world} processes" if world > 1 else "", train_loader.precision, threads.describe(),
                      len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
                      job.train.epochs)
-        return fit(network, train_loader, val_loader, job.train, checkpoint, threads)
+        return fit(network, train_loader, val_loader, job.train, checkpoint, threads, callbacks)
 
 
 def probe_step(network: nn.Module, loader: Loader, config: TrainConfig):

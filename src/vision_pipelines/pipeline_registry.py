@@ -18,7 +18,7 @@ from kedro.pipeline import Pipeline
 from .config import ConfigError
 
 DEFAULT_DATASET = "fruits"
-GENERATED = ("predict", "export")  # each dataset <d> also has the pipelines <d>_predict and <d>_export
+GENERATED = ("predict", "export", "lr_find", "cv", "tune")  # each dataset <d> also has the pipelines <d>_<kind>
 
 
 def dataset_names(conf_base: Path | None = None) -> list[str]:
@@ -31,22 +31,39 @@ def dataset_names(conf_base: Path | None = None) -> list[str]:
     for name in names:
         if name in made:
             raise ConfigError(f"{conf_base / f'parameters_{name}.yml'}: the dataset name {name!r} is taken by a "
-                              f"pipeline of {made[name]!r} (every dataset <d> has the pipelines <d>, <d>_predict "
-                              f"and <d>_export; __default__ runs {DEFAULT_DATASET}): rename the file and its "
-                              "top-level key")
+                              f"pipeline of {made[name]!r} (every dataset <d> has the pipelines <d> and "
+                              f"{', '.join(f'<d>_{kind}' for kind in GENERATED)}; __default__ runs "
+                              f"{DEFAULT_DATASET}): rename the file and its top-level key")
     return names
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    from .pipelines import export, image_classification, prediction
+    from .pipelines import cross_validation, export, image_classification, lr_find, prediction, tuning
 
     pipelines = {}
     for name in dataset_names():
         pipelines[name] = image_classification.create_pipeline(name)
         pipelines[f"{name}_predict"] = prediction.create_pipeline(name)
         pipelines[f"{name}_export"] = export.create_pipeline(name)
+        pipelines[f"{name}_lr_find"] = lr_find.create_pipeline(name)
+        pipelines[f"{name}_cv"] = cross_validation.create_pipeline(name, cv_folds(name))
+        pipelines[f"{name}_tune"] = tuning.create_pipeline(name)
     pipelines["__default__"] = pipelines.get(DEFAULT_DATASET, Pipeline([]))
     return pipelines
+
+
+def cv_folds(name: str, conf_base: Path | None = None) -> int:
+    """``<name>.cv.folds`` of conf/base/parameters_<name>.yml (the default when absent): how many
+    fold trainings ``<name>_cv`` has. Read from conf/base, since a pipeline is made before any run
+    parameters (--env, --params) are known; the folds node checks the run's value matches."""
+    import yaml
+
+    from .config import CVConfig
+
+    path = (conf_base or _conf_base()) / f"parameters_{name}.yml"
+    settings = ((yaml.safe_load(path.read_text()) or {}).get(name) or {}).get("cv") or {}
+    folds = settings.get("folds") if isinstance(settings, dict) else None
+    return folds if isinstance(folds, int) and folds >= 2 else CVConfig.folds  # else the parameters hook says why
 
 
 def _conf_base() -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +93,8 @@ class Callbacks(Callback):
             callback.load_state_dict(state.get(type(callback).__name__, {}))
 
 
-def callbacks_for(config: TrainConfig) -> Callbacks:
-    """The callbacks ``config``'s options ask for (none by default: today's recipe)."""
+def callbacks_for(config: TrainConfig, extra: Sequence[Callback] = ()) -> Callbacks:
+    """The callbacks ``config``'s options ask for (none by default: today's recipe), then ``extra``."""
     callbacks: list[Callback] = []
     if config.class_balance != "none":
         callbacks.append(ClassBalance(config.class_balance))
@@ -104,7 +104,7 @@ def callbacks_for(config: TrainConfig) -> Callbacks:
         callbacks.append(WeightAverage(config.ema))
     if config.early_stopping:
         callbacks.append(EarlyStopping(config.early_stopping))
-    return Callbacks(callbacks)
+    return Callbacks([*callbacks, *extra])
 
 
 # --- train.ema ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ...config import (
     ComputeConfig,
     EvaluateConfig,
     ImageConfig,
+    LRFindConfig,
     ModelConfig,
     SourceConfig,
     SplitConfig,
@@ -151,13 +152,19 @@ def summarise_data(manifest: pd.DataFrame, image_cache: ImageCache, class_names:
 
 
 def train_model(image_cache: ImageCache, data_report: dict[str, Any], checkpoint: Path, model: ModelConfig,
-                images: ImageConfig, train: TrainConfig, compute: ComputeConfig
+                images: ImageConfig, train: TrainConfig, compute: ComputeConfig, lr_find_reports: Path | None = None,
+                lr_find: LRFindConfig = LRFindConfig()  # noqa: B008 - frozen: one shared default is safe
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Train the configured network, in this process or in ``train.distributed``'s processes;
-    returns weights, model card, epoch history and step table."""
+    returns weights, model card, epoch history and step table. ``train.max_lr: auto`` takes the
+    rate from the newest range test in ``lr_find_reports`` that fits (or one run now)."""
     if data_report.get("errors"):
         raise ValueError("the data cannot be trained on (see data_report.json): " + "; ".join(data_report["errors"]))
     lineage.report_matches_cache(data_report, image_cache)
+    if train.max_lr == "auto":
+        from ..lr_find.nodes import suggested_max_lr
+
+        train = suggested_max_lr(lr_find_reports, image_cache, model, images, train, compute, lr_find)
     job = engine.TrainingJob(image_cache, model, images, train, compute, checkpoint)
     result = distributed.launch(job, _logging_config()) if train.distributed.enabled else engine.train(job)
     history = result.history.set_index("epoch")

@@ -42,7 +42,7 @@ def create_template(dataset: str = "<dataset>") -> Pipeline:
         Node(summarise_data, ["manifest", "image_cache", "class_names", "params:split", "params:evaluate",
                               "params:submission"], "data_report", name="summarise_data", tags="cache"),
         Node(train_model, ["image_cache", "data_report", "checkpoint", "params:model", "params:images",
-                           "params:train", "params:compute"],
+                           "params:train", "params:compute", "lr_find_reports", "params:lr_find"],
              ["model_weights", "model_card", "training_history", "training_steps"], name="train_model", tags="train"),
         Node(predict, ["model_weights", "model_card", "image_cache", "manifest", "params:evaluate", "params:compute"],
              "predictions", name="predict", tags="evaluate"),
