@@ -5,6 +5,7 @@ real browser."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -177,7 +178,8 @@ def start(served: dict):
 
     yield starting
     for process in started:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have stopped by itself
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

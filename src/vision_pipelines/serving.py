@@ -233,7 +233,8 @@ def main(argv: list[str]) -> None:
         command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri(args.dataset, args.model),
                    "--env-manager", "local", "-h", args.host, "-p", str(args.port)]
         print("+", " ".join(command), flush=True)
-        raise SystemExit(subprocess.call(command))
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # mlflow runs uvicorn
+        raise SystemExit(subprocess.call(command, env={**os.environ, "PATH": path}))
     else:
         from . import demo
 
