@@ -220,7 +220,7 @@ def test_the_demo_page_shows_the_label_predict_gives_in_a_real_browser(served: d
     start(["demo", "fruits", "--port", str(port)], url)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 800, "height": 640})
+        page = browser.new_page(viewport={"width": 760, "height": 560})
         page.goto(url)
         assert "fruits version 1 (champion)" in page.inner_text("#model")
         for index in (0, len(served["files"]) - 1):

@@ -26,9 +26,10 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
  body {{ font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; color: #222; }}
- #drop {{ border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; cursor: pointer; }}
+ #drop {{ display: block; border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; }}
  #drop.over {{ background: #eef; }}
- #photo {{ max-width: 12rem; max-height: 12rem; display: block; margin: 1rem auto; }}
+ #photo {{ width: 8rem; display: block; margin: 1rem auto; image-rendering: pixelated; }}
+ #photo:not([src]) {{ display: none; }}
  .bar {{ display: flex; align-items: center; margin: .3rem 0; }}
  .bar span {{ width: 12rem; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
  .bar div {{ background: #4a7bd0; height: 1.2rem; margin-right: .5rem; }}

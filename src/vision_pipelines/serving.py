@@ -242,5 +242,5 @@ def main(argv: list[str]) -> None:
         found = (client.get_model_version(args.dataset, args.model) if args.model.isdigit()
                  else client.get_model_version_by_alias(args.dataset, args.model))
         name = f"{args.dataset} version {found.version}" + ("" if args.model.isdigit() else f" ({args.model})")
-        model = mlflow.pyfunc.load_model(model_uri(args.dataset, found.version))
+        model = mlflow.pyfunc.load_model(model_uri(args.dataset, str(found.version)))
         demo.serve(model, f"{args.dataset} classifier", name, args.host, args.port)
