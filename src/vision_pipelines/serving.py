@@ -78,7 +78,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                                       workers=1, shown=0)
         refused = table["reason"].dropna()
         if len(refused):
-            rows = ", ".join(f"row {Path(table['file'][i]).name}: {reason}" for i, reason in refused.head(5).items())
+            rows = ", ".join(f"row {i}: {reason.replace(table['file'][i], f'row {i}')}"  # not the temporary file
+                             for i, reason in refused.head(5).items())
             raise MlflowException(f"{len(refused)} of {len(table)} rows are not an image this model can read "
                                   f"({rows})", error_code=INVALID_PARAMETER_VALUE)
         return table.drop(columns=["file", "reason"]).reset_index(drop=True)
