@@ -83,9 +83,11 @@ def main() -> None:
         project = project_copy(Path(workdir) / "project")
         env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}  # the project's store
         env["KEDRO_DISABLE_TELEMETRY"] = "true"
-        subprocess.run([KEDRO, "run", "--pipelines=fruits", "--env=cpu",
-                        f"--params=fruits.source.kind=local,fruits.source.path={args.path.resolve()}"],
-                       cwd=project, env=env, check=True, capture_output=True)
+        trained = subprocess.run([KEDRO, "run", "--pipelines=fruits", "--env=cpu",
+                                  f"--params=fruits.source.kind=local,fruits.source.path={args.path.resolve()}"],
+                                 cwd=project, env=env, capture_output=True, text=True)
+        if trained.returncode:
+            raise SystemExit(f"the training run failed:\n{(trained.stdout + trained.stderr)[-3000:]}")
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "vision_pipelines", "serve", "fruits", "--port", str(port)],
                                   cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
