@@ -207,12 +207,16 @@ def test_the_rest_endpoint_answers_as_predict_does_and_refuses_bad_payloads(serv
 
 
 def test_the_demo_page_shows_the_label_predict_gives_in_a_real_browser(served: dict, start) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is not installed (apt-get install chromium; .ci/run does)")
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     start(["demo", "fruits", "--port", str(port)], url)
+    status, body = post(f"{url}predict", json.dumps({"image": serving.encode_file(served["files"][0])}).encode())
+    assert status == 200 and json.loads(body)["classes"][0]["label"] == served["predictions"]["label"][0]
+    status, body = post(f"{url}predict", b'{"image": "%%%"}')
+    assert status == 400 and "not base64" in json.loads(body)["error"]
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is not installed (apt-get install chromium; .ci/run does)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 760, "height": 560})
