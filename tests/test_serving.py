@@ -49,8 +49,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(project)
-        run_kedro(project, "fruits", fast_params("fruits", **{"source.kind": "local", "source.path": str(images),
-                                                              "train.epochs": 1}, **FP32_CPU))
+        run_kedro(project, "fruits", fast_params("fruits", **{"source.kind": "local", "source.path": str(images)},
+                                                 **FP32_CPU))
         run_kedro(project, "fruits_predict", {"fruits.predict.input": str(images / "Test"),
                                               "fruits.model_version": "champion",  # the registry's alias
                                               **{f"fruits.{key}": value for key, value in FP32_CPU.items()}})
