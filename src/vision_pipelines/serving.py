@@ -65,8 +65,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.top_k = min(int(context.model_config["top_k"]), len(self.card.class_names))
         self.compute = ComputeConfig(mixed_precision=False)  # fp32: the same probabilities as <d>_predict's
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        """One row per input row: ``label, confidence, label_2, confidence_2, ...``."""
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """One row per input row: ``label, confidence, label_2, confidence_2, ...``. (A DataFrame type
+        hint: MLflow infers no schema from it, the signature stays the one ``log_model`` gives.)"""
         from .prediction import classify_files
 
         files = image_files(model_input)
