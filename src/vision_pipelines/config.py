@@ -25,7 +25,7 @@ SUBSETS = ("train", "val", "test", "predict")  # a manifest's subsets, besides "
 HELD_OUT_SUBSETS = SUBSETS[1:]  # not trained on: predicted, and submitted from
 # A Kedro version: the timestamp of the run that saved it (kedro.io.core.VERSION_FORMAT, to the ms).
 VERSION_PATTERN = r"\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d\.\d{3}Z"
-MODEL_VERSIONS = ("latest", "best")  # or one version
+MODEL_VERSIONS = ("latest", "best", "champion")  # or one version; champion: the MLflow registry alias (serving.py)
 # Seeds become numpy and torch generator seeds, which take a signed 64-bit integer.
 SEED_LIMIT = 2**63
 
@@ -506,7 +506,8 @@ class DatasetConfig:
         if not isinstance(self.model_version, str) or not (
                 self.model_version in MODEL_VERSIONS or re.fullmatch(VERSION_PATTERN, self.model_version)):
             raise ConfigError(f"model_version must be latest, best or a version such as 2026-11-23T10.19.01.357Z "
-                              f"(the name of a folder in data/06_models/<dataset>/model_card.json/), "
+                              f"(the name of a folder in data/06_models/<dataset>/model_card.json/), or champion "
+                              f"(the MLflow registry's alias), "
                               f"got {self.model_version!r}")
         min_size = MODEL_MIN_SIZE[self.model.name]
         if self.images.size < min_size:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -206,6 +207,7 @@ class MlflowTrackingHook:
         self._client = None  # an mlflow.MlflowClient while a run is being tracked
         self._run_id: str | None = None
         self._catalog = None
+        self._trained: set[str] = set()  # datasets whose model this run trained
 
     # trylast: after kedro-mlflow's before_pipeline_run, which opens the run, and after
     # RunGuardHook's, which chooses the model a predict or export run uses
@@ -257,6 +259,9 @@ class MlflowTrackingHook:
             elif entry == "model_card":  # the model this run trained
                 self._client.log_batch(self._run_id, tags=_tags(_model_tags(
                     dataset, saved_path(self._catalog, dataset_name).parent.name, data["metrics"]["val_accuracy"])))
+                self._trained.add(dataset)
+            if entry == "metrics" and dataset in self._trained:  # the evaluation of the model this run trained
+                self._log_served_model(dataset, data)
             if entry in ARTIFACT_FOLDERS or entry.endswith("_plot"):
                 folder = ARTIFACT_FOLDERS.get(entry, "plots")
                 self._client.log_artifact(self._run_id, str(saved_path(self._catalog, dataset_name)),
@@ -282,6 +287,7 @@ class MlflowTrackingHook:
     def _forget(self) -> None:
         atexit.unregister(self._end_interrupted)
         self._client = self._run_id = self._catalog = None
+        self._trained = set()
 
     def _end_interrupted(self) -> None:
         """At exit, a run that neither finished nor failed was interrupted (Ctrl-C, SIGTERM): end it
@@ -305,6 +311,25 @@ class MlflowTrackingHook:
         if trained_by:
             tags[f"{dataset}.model_run"] = trained_by[0].info.run_id
         return version
+
+    def _log_served_model(self, dataset: str, metrics: dict[str, Any]) -> None:
+        """The trained model as an MLflow pyfunc model, registered under the dataset's name; the alias
+        ``champion`` moves to it when its evaluation beats the champion's on the same data (serving.py)."""
+        from . import serving
+        from .datasets import saved_path
+
+        card_path = saved_path(self._catalog, f"{dataset}.model_card")
+        card = json.loads(card_path.read_text())
+        predict = resolved_settings(self._catalog.load("parameters").get(dataset) or {}, dataset).predict
+        source = serving.log_model(self._client, self._run_id, dataset, card_path,
+                                   saved_path(self._catalog, f"{dataset}.model_weights"), predict)
+        data = f"{card['lineage'].get('manifest')}/{metrics['subset']}"  # the split, and which part of it scored
+        version, moved, why = serving.register(self._client, dataset, self._run_id, source, metrics["accuracy"],
+                                               data, card_path.parent.name)
+        self._client.log_batch(self._run_id, tags=_tags({f"{dataset}.registered_version": version,
+                                                         f"{dataset}.champion": "yes" if moved else "no"}))
+        log.info("%s: registered as MLflow model %s version %s; %s %s", dataset, dataset, version,
+                 f"alias {serving.CHAMPION} moved to it:" if moved else f"alias {serving.CHAMPION} stays:", why)
 
     def _log_history(self, dataset: str, history) -> None:
         """Each column of the epoch table (losses, accuracies, lr, seconds) as a metric with step = epoch."""

@@ -15,7 +15,7 @@ else the newest version whose run finished — never one of a run that failed, w
 still going, and never one later than now (named in a warning). Versions saved before runs were
 recorded have no record and count as finished.
 
-``<dataset>.model_version`` (latest | best | a version) picks the model ``<dataset>_predict``,
+``<dataset>.model_version`` (latest | best | champion | a version) picks the model ``<dataset>_predict``,
 ``<dataset>_export`` and the notebook use; ``best`` is the kept model with the highest validation
 accuracy among those trained on the same data (manifest fingerprint).
 """
@@ -223,11 +223,31 @@ def choose_model(catalog, dataset: str, setting: str, manifest: str | None) -> K
             raise VersionError(f"{dataset}.model_version=best: no kept model was trained on the current data "
                                f"(manifest {data}); train one with kedro run --pipelines={dataset}")
         return max(same_data, key=lambda m: m.score)  # the newest of equals: max keeps the first
+    if setting == "champion":
+        setting = registry_champion(dataset)
     named = [m for m in models if m.version == setting]
     if not named:
         raise VersionError(f"{dataset}.model_version={setting}: no model of that version was kept by a finished "
                            f"run{_kept_versions(catalog, f'{dataset}.model_card')}")
     return named[0]
+
+
+def registry_champion(dataset: str) -> str:
+    """The Kedro version of the model the MLflow registry's alias ``<dataset>@champion`` names (serving.py)."""
+    try:
+        from . import serving
+    except ImportError:
+        raise VersionError(f"{dataset}.model_version=champion reads the MLflow model registry: install the mlflow "
+                           "extra (pip install -e '.[mlflow]')") from None
+    import mlflow
+
+    uri = serving.project_tracking_uri()
+    champion = serving.current_champion(mlflow.MlflowClient(uri), dataset)
+    if champion is None:
+        raise VersionError(f"{dataset}.model_version=champion: the MLflow registry ({uri}) has no model "
+                           f"{dataset}@champion; train one with tracking on, or promote a registered version: "
+                           f"python -m vision_pipelines promote {dataset} <version>")
+    return champion.tags[serving.KEDRO_VERSION_TAG]
 
 
 def check_load_versions(catalog, load_versions: dict[str, str]) -> None:
