@@ -394,20 +394,20 @@ def test_unwritable_output_folder_stops_the_run_before_training(finished_run) ->
     assert snapshot(project) == before
 
 
-def test_missing_kaggle_credentials_fail_within_seconds_without_a_prompt(finished_run, tmp_path: Path) -> None:
-    """The real command, stdin closed, an empty home and no KAGGLE_* variables."""
+def test_missing_kaggle_credentials_fail_without_a_prompt(finished_run, tmp_path: Path) -> None:
+    """The real command, stdin closed, an empty home and no KAGGLE_* variables: it fails with the
+    way out, never waits for input (the timeout catches a hang; no wall-time bound, which a busy
+    machine breaks: start-up time is measured by benchmarks/startup_time.py)."""
     project, params = finished_run
     params = {**params, "fruits.source.kind": "kaggle"}
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "empty_home"), "KEDRO_DISABLE_TELEMETRY": "true"}
     before = snapshot(project)
-    started = time.time()
     done = subprocess.run([str(Path(sys.executable).parent / "kedro"), "run", "--pipelines=fruits", "--env=cpu",
                            "--params=" + ",".join(f"{k}={v}" for k, v in params.items())],
-                          cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+                          cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "No Kaggle credentials found" in done.stdout + done.stderr
     assert '--params="fruits.source.kind=local,fruits.source.path=' in done.stdout + done.stderr  # not <dataset>
-    assert time.time() - started < 30
     assert snapshot(project) == before
 
 
