@@ -298,7 +298,9 @@ class TrainConfig(Settings):
     grad_clip: float | None = 0.1  # max absolute gradient value; None = no clipping
     label_smoothing: float = 0.0
     crop_padding: int = 4  # pixels of reflect padding for the random crop; 0 = no crop
-    flip: bool = True  # random horizontal flip
+    # horizontal flip: random (or true: a coin per draw) | alternating (each image mirrored every
+    # other epoch, from a seeded coin per image: airbench) | none (or false)
+    flip: bool | str = True
     keep: str = "last"  # last | best_val_loss: which epoch's weights the run returns
     seed: int = 43  # weights init, batch order and augmentation
     compile: bool = False  # torch.compile the model (pays off on long GPU runs)
@@ -324,6 +326,7 @@ class TrainConfig(Settings):
         _check_range(self, "grad_clip", 0, low_open=True, high=None)
         _check_range(self, "label_smoothing", 0, 1)
         _check_range(self, "crop_padding", 0, high=None)
+        _check_choice(self, "flip", (True, False, "random", "alternating", "none"))
         _check_choice(self, "optimizer", ("adam", "sgd"))
         _check_choice(self, "keep", ("last", "best_val_loss"))
         _check_seed(self)

@@ -255,6 +255,7 @@ def train_one_epoch(step: TrainStep, loader: Loader, epoch: int, state: RunState
     ``threads`` times every step (``compute.threads: auto`` re-times the counts when it drifts)."""
     threads = threads or ThreadPolicy(None)
     step.network.train()
+    loader.epoch = epoch  # train.flip=alternating: which images this epoch mirrors
     rank, world = rank_and_world()
     bar = Progress(len(loader), f"epoch {epoch}/{step.config.epochs}", unit="batch", enabled=rank == 0)
     losses, hits, seen = [], [], 0
