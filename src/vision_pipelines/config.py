@@ -220,9 +220,16 @@ class ModelConfig(Settings):
     # resnet9: the logits are multiplied by this; 0.125 (the speedruns' ResNet9) lets
     # train.optimizer=sgd train at a large max_lr, 1 keeps the tutorials' network
     logit_scale: float = 1.0
+    # resnet9: the first convolution initialised to whiten the training images' patches (airbench);
+    # frozen: and kept so (not trained)
+    whiten: bool | str = False
 
     def validate(self) -> None:
         _check_choice(self, "name", tuple(MODEL_MIN_SIZE))
+        _check_choice(self, "whiten", (True, False, "frozen"))
+        if self.whiten and self.name != "resnet9":
+            raise ConfigError(f"model.whiten={self.whiten} applies to resnet9, whose first layer is a plain "
+                              f"convolution learned from scratch; set it to false for {self.name}")
         _check_range(self, "width", 1, high=None)
         _check_range(self, "dropout", 0, 1)
         _check_range(self, "logit_scale", 0, low_open=True, high=None)

@@ -40,7 +40,7 @@ from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
 from .console import Progress, format_seconds
 from .loader import Loader, memory_limit_bytes, subset_images
 from .models import build_model, count_parameters
-from .recipe import Callback, Callbacks, MixedLabels, callbacks_for
+from .recipe import Callback, Callbacks, MixedLabels, PatchWhitening, callbacks_for
 from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
@@ -507,7 +507,8 @@ def train(job: TrainingJob, callbacks: Sequence[Callback] = ()) -> TrainResult:
                      f" x {world} processes" if world > 1 else "", train_loader.precision, threads.describe(),
                      len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
                      job.train.epochs)
-        return fit(network, train_loader, val_loader, job.train, checkpoint, threads, callbacks)
+        whitening = [PatchWhitening()] if job.model.whiten else []  # the model's, not train's, option
+        return fit(network, train_loader, val_loader, job.train, checkpoint, threads, [*whitening, *callbacks])
 
 
 def probe_step(network: nn.Module, loader: Loader, config: TrainConfig):
