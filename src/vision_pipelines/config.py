@@ -320,6 +320,7 @@ class TrainConfig(Settings):
     class_balance: str = "none"  # none | sampler (classes drawn evenly) | loss (inverse-frequency weights)
     accumulate: int = 1  # each batch in this many parts, gradients summed before the one step (less memory)
     early_stopping: int = 0  # stop after this many epochs without a lower validation loss; 0 = off
+    bn_bias_lr_scale: float = 1.0  # batch-norm biases train at this multiple of the lr (airbench: 64), decay / it
 
     def validate(self) -> None:
         _check_range(self, "epochs", 1, high=None)
@@ -343,6 +344,7 @@ class TrainConfig(Settings):
         _check_choice(self, "class_balance", ("none", "sampler", "loss"))
         _check_range(self, "accumulate", 1, high=None)
         _check_range(self, "early_stopping", 0, high=None)
+        _check_range(self, "bn_bias_lr_scale", 0, low_open=True, high=None)
         world = self.distributed.nproc_per_node * self.distributed.nnodes
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of the "
