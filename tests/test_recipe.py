@@ -131,7 +131,8 @@ def test_an_interrupted_run_with_every_option_resumes_to_the_same_weights(
 
 
 @pytest.mark.parametrize("setting, value", [("ema", 1.0), ("mixup_alpha", -1), ("class_balance", "weights"),
-                                            ("accumulate", 0), ("early_stopping", -1)])
+                                            ("accumulate", 0), ("early_stopping", -1),
+                                            ("bn_bias_lr_scale", 0), ("flip", "sometimes")])
 def test_recipe_options_are_validated(setting: str, value) -> None:
     with pytest.raises(ConfigError, match=f"train.{setting}"):
         TrainConfig(**{setting: value})
