@@ -42,7 +42,7 @@ def test_cpu_environment_overrides_single_settings() -> None:
     ("train.epochs", 0, "fruits.train.epochs must be a positive integer, got 0"),
     ("train.epochs", 2.5, "fruits.train.epochs must be an integer, got 2.5"),
     ("train.epochs", "abc", "fruits.train.epochs must be an integer, got 'abc'"),
-    ("train.flip", "yes", "fruits.train.flip must be true or false, got 'yes'"),
+    ("train.flip", "yes", r"fruits.train.flip must be one of .* 'alternating', 'none'\], got 'yes'"),
     ("train.max_lr", True, "fruits.train.max_lr must be a number, got True"),
     ("images.size", 4, "too small for model.name=resnet9"),
     ("images.mean", 0.5, "fruits.images.mean must be a list, got 0.5"),

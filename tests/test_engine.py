@@ -213,3 +213,26 @@ def test_a_callback_passed_to_fit_sees_every_epoch_and_can_stop_the_run() -> Non
         engine.fit(ResNet9(3, 4, width=4), loader(), loader(), TrainConfig(epochs=3, batch_size=8),
                    callbacks=[StopAfterTwo()])
     assert [epoch for epoch, _ in seen] == [1, 2]
+
+
+def test_batch_norm_biases_train_at_the_scaled_rate_through_the_one_cycle_schedule() -> None:
+    """train.bn_bias_lr_scale: the biases' rate is the scale times the others', which follow the
+    schedule of a run without it; their weight decay is divided by the scale."""
+    train = loader(mixed_precision=False)
+    scaled = engine.TrainStep(ResNet9(3, 4, width=4), TrainConfig(optimizer="sgd", bn_bias_lr_scale=64.0,
+                                                                 weight_decay=5e-4), train, total_steps=5)
+    plain = engine.TrainStep(ResNet9(3, 4, width=4), TrainConfig(optimizer="sgd", weight_decay=5e-4), train,
+                             total_steps=5)
+    others, biases = scaled.optimizer.param_groups
+    norms = [m for m in scaled.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in biases["params"]} == {id(m.bias) for m in norms} and len(others["params"]) > len(norms)
+    assert biases["weight_decay"] == pytest.approx(5e-4 / 64) and others["weight_decay"] == 5e-4
+    rates = []
+    for _ in range(5):  # the schedule alone: each step as TrainStep ends one (no gradients: no update)
+        for step in (scaled, plain):
+            step.optimizer.step()
+            step.scheduler.step()
+        (rate,) = plain.scheduler.get_last_lr()
+        assert scaled.scheduler.get_last_lr() == pytest.approx([rate, 64 * rate])
+        rates.append(rate)
+    assert len(set(rates)) == 5 and max(rates) > 10 * min(rates)  # up and down the cycle

@@ -130,3 +130,26 @@ def test_bf16_autocast_on_cpus_with_bf16_instructions_only(monkeypatch: pytest.M
     fp32 = Loader.create(MemoryImages(IMAGES), LABELS, [0.5], [0.5], 8,
                          ComputeConfig(device="cpu", mixed_precision=False))
     assert not fp32.amp
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_consecutive_epochs() -> None:
+    """airbench's alternating flip, also after a resume (a new generator in the saved state)."""
+    gradient = torch.arange(4, dtype=torch.uint8).repeat(N, 1, 4, 1) * 60  # columns 0, 60, 120, 180
+
+    def flipped(train: Loader, epoch: int) -> torch.Tensor:
+        """Whether each image (its label is its number) was mirrored in ``epoch``."""
+        train.epoch = epoch
+        batches = list(train)
+        images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+        return (images[:, 0, 0, 0] > images[:, 0, 0, -1])[labels.argsort()]
+
+    train = Loader.create(MemoryImages(gradient), torch.arange(N), [0.0], [1 / 255], 10, NCHW, flip="alternating",
+                          generator=torch.Generator().manual_seed(7))
+    first = flipped(train, 1)
+    resumed = Loader.create(MemoryImages(gradient), torch.arange(N), [0.0], [1 / 255], 10, NCHW, flip="alternating",
+                            generator=torch.Generator().manual_seed(7))
+    resumed.generator.set_state(train.generator.get_state())
+    second, third = flipped(resumed, 2), flipped(resumed, 3)
+    assert 0 < first.sum() < N  # a seeded half, not all
+    assert torch.equal(first ^ second, torch.ones(N, dtype=torch.bool))  # once each way over epochs 1 and 2
+    assert torch.equal(second ^ third, torch.ones(N, dtype=torch.bool)) and torch.equal(first, third)

@@ -1,33 +1,39 @@
 """Training options as callbacks (src/vision_pipelines/recipe.py) and the engine's seam for them:
 the average of the weights is what a run validates and returns, mixed images and targets, the
-balanced sampler and loss weights, gradient accumulation, early stopping; each resumes."""
+balanced sampler and loss weights, gradient accumulation, early stopping, the patch-whitening first
+convolution; each resumes."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vision_pipelines import engine, recipe
-from vision_pipelines.config import ComputeConfig, ConfigError, TrainConfig
+from vision_pipelines.config import ComputeConfig, ConfigError, ModelConfig, TrainConfig
 from vision_pipelines.loader import Loader, MemoryImages
-from vision_pipelines.models import ResNet9
+from vision_pipelines.models import ResNet9, build_model
 
 IMAGES = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 LABELS = torch.arange(16) % 4
 CPU = ComputeConfig(device="cpu", mixed_precision=False)
+TINY = ModelConfig(width=4)
 
 
 def loader(images: torch.Tensor = IMAGES, labels: torch.Tensor = LABELS, batch_size: int = 8) -> Loader:
     return Loader.create(MemoryImages(images), labels, [0.5] * 3, [0.5] * 3, batch_size, CPU)
 
 
-def fit(config: TrainConfig, checkpoint: Path | None = None) -> engine.TrainResult:
+def fit(config: TrainConfig, checkpoint: Path | None = None, model: ModelConfig = TINY) -> engine.TrainResult:
     engine.seed_everything(0)
     saver = engine.CheckpointSaver(checkpoint, "same settings") if checkpoint else None
-    return engine.fit(ResNet9(3, 4, width=4), loader(), loader(IMAGES[:8], LABELS[:8]), config, saver)
+    whitening = [recipe.PatchWhitening()] if model.whiten else []  # as engine.train adds it
+    return engine.fit(build_model(model, 3, 4), loader(), loader(IMAGES[:8], LABELS[:8]), config, saver,
+                      callbacks=whitening)
 
 
 def test_the_weight_average_is_validated_returned_and_resumed(tmp_path: Path) -> None:
@@ -107,7 +113,8 @@ def test_an_interrupted_run_with_every_option_resumes_to_the_same_weights(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = TrainConfig(epochs=2, batch_size=8, ema=0.8, mixup_alpha=0.4, cutmix_alpha=1.0,
                          class_balance="sampler", accumulate=2, early_stopping=3)
-    straight = fit(config).weights
+    whitened = ModelConfig(width=4, whiten=True)
+    straight = fit(config, model=whitened).weights
     check = engine.stop_if_diverged
 
     def interrupt_in_epoch_2(row, *args, **kwargs):
@@ -118,13 +125,14 @@ def test_an_interrupted_run_with_every_option_resumes_to_the_same_weights(
     with monkeypatch.context() as patch:
         patch.setattr(engine, "stop_if_diverged", interrupt_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
-            fit(config, tmp_path / "checkpoint.pt")
-    resumed = fit(config, tmp_path / "checkpoint.pt").weights
+            fit(config, tmp_path / "checkpoint.pt", whitened)
+    resumed = fit(config, tmp_path / "checkpoint.pt", whitened).weights
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 @pytest.mark.parametrize("setting, value", [("ema", 1.0), ("mixup_alpha", -1), ("class_balance", "weights"),
-                                            ("accumulate", 0), ("early_stopping", -1)])
+                                            ("accumulate", 0), ("early_stopping", -1),
+                                            ("bn_bias_lr_scale", 0), ("flip", "sometimes")])
 def test_recipe_options_are_validated(setting: str, value) -> None:
     with pytest.raises(ConfigError, match=f"train.{setting}"):
         TrainConfig(**{setting: value})
@@ -147,3 +155,36 @@ def test_multi_crop_tta_weighs_the_image_half_and_each_one_pixel_shift_a_quarter
     expected = x[:, :, 0, 0] / 2 + x[:, :, 1, 1] / 2
     torch.testing.assert_close(engine.predict(TopLeftPixel(), test, tta_crops=True), expected)
     torch.testing.assert_close(engine.predict(TopLeftPixel(), test), x[:, :, 0, 0])
+
+
+def responses(weight: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The covariance of a convolution's responses over every position of ``images``."""
+    out = F.conv2d(images, weight).transpose(0, 1).flatten(1)  # [channels, images x positions]
+    return torch.cov(out)
+
+
+def test_patch_whitening_makes_the_first_convolutions_responses_uncorrelated_with_unit_variance() -> None:
+    generator = torch.Generator().manual_seed(4)
+    smooth = F.interpolate(torch.rand(64, 1, 3, 3, generator=generator), size=8, mode="bilinear")  # neighbours alike
+    noisy = (smooth * 160 + torch.rand(64, 1, 8, 8, generator=generator) * 80).to(torch.uint8)
+    network = ResNet9(1, 4, width=16)  # 16 filters of 3x3 over 1 channel: 9 whitening, 7 negated
+    train = Loader.create(MemoryImages(noisy), torch.zeros(64, dtype=torch.long), [0.5], [0.25], 8, CPU)
+    normalised = (noisy.float() / 255 - 0.5) / 0.25
+    conv = network.features[0][0]
+    assert not torch.allclose(responses(conv.weight.detach(), normalised)[:9, :9], torch.eye(9), atol=0.5)
+    recipe.PatchWhitening().on_train_start(SimpleNamespace(network=network), train)
+    torch.testing.assert_close(responses(conv.weight.detach(), normalised)[:9, :9], torch.eye(9), atol=0.02, rtol=0)
+    assert torch.equal(conv.weight[9:], -conv.weight[:7])
+
+
+def test_frozen_whitening_is_the_trained_averaged_and_saved_first_convolution(tmp_path: Path) -> None:
+    """Frozen through training, and set before train.ema copies the weights (else the average
+    would blend in the random initialisation)."""
+    config = TrainConfig(epochs=1, batch_size=8, ema=0.9)
+    result = fit(config, tmp_path / "checkpoint.pt", ModelConfig(width=8, whiten="frozen"))
+    filters = recipe.whitening_filters(recipe.patch_covariance(loader(), (3, 3)), 8)
+    torch.testing.assert_close(result.weights["features.0.0.weight"].flatten(1), filters)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]["features.0.0.weight"]
+    torch.testing.assert_close(saved.flatten(1), filters)
+    with pytest.raises(ConfigError, match="model.whiten=True applies to resnet9"):
+        ModelConfig(name="resnet18", whiten=True)

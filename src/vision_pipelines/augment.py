@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 DRAWS_PER_IMAGE = 3  # crop row offset, crop column offset, flip
+FLIP_MODES = ("random", "alternating", "none")  # train.flip; true and false are random and none
 
 
 def random_draws(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -23,6 +24,25 @@ def batch_flip_lr(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     """Mirror the images whose draw is below 0.5: a random half of the batch."""
     flip = draws.to(images.device, non_blocking=True) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def flip_mode(flip: bool | str) -> str:
+    """``train.flip`` as one of ``FLIP_MODES``: true is ``random``, false ``none``."""
+    if isinstance(flip, bool):
+        return "random" if flip else "none"
+    return flip
+
+
+def alternating_flips(positions: torch.Tensor, epoch: int, coins: torch.Tensor) -> torch.Tensor:
+    """Flip draws (below 0.5: mirror) for airbench's alternating flip: the image at each of
+    ``positions`` is mirrored in the epochs whose parity differs from its own coin (``coins``:
+    one 0 or 1 per image, seeded), so over any two consecutive epochs it is seen once each way."""
+    return ((coins[positions] + epoch) % 2).float()
+
+
+def flip_coins(n: int, seed: int) -> torch.Tensor:
+    """One seeded coin (0 or 1) per image of the training set, the same in every epoch and process."""
+    return torch.randint(2, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def batch_crop(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -52,10 +72,11 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def augment(images: torch.Tensor, padding: int, flip: bool, draws: torch.Tensor) -> torch.Tensor:
-    """The training augmentation: random crop then random flip, from ``random_draws``."""
+def augment(images: torch.Tensor, padding: int, flip: bool | str, draws: torch.Tensor) -> torch.Tensor:
+    """The training augmentation: random crop then flip (``train.flip``), from ``random_draws``
+    (whose flip row ``alternating_flips`` replaces under ``alternating``)."""
     images = batch_crop(images, padding, draws[0], draws[1])
-    return batch_flip_lr(images, draws[2]) if flip else images
+    return batch_flip_lr(images, draws[2]) if flip_mode(flip) != "none" else images
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -220,9 +220,16 @@ class ModelConfig(Settings):
     # resnet9: the logits are multiplied by this; 0.125 (the speedruns' ResNet9) lets
     # train.optimizer=sgd train at a large max_lr, 1 keeps the tutorials' network
     logit_scale: float = 1.0
+    # resnet9: the first convolution initialised to whiten the training images' patches (airbench);
+    # frozen: and kept so (not trained)
+    whiten: bool | str = False
 
     def validate(self) -> None:
         _check_choice(self, "name", tuple(MODEL_MIN_SIZE))
+        _check_choice(self, "whiten", (True, False, "frozen"))
+        if self.whiten and self.name != "resnet9":
+            raise ConfigError(f"model.whiten={self.whiten} applies to resnet9, whose first layer is a plain "
+                              f"convolution learned from scratch; set it to false for {self.name}")
         _check_range(self, "width", 1, high=None)
         _check_range(self, "dropout", 0, 1)
         _check_range(self, "logit_scale", 0, low_open=True, high=None)
@@ -298,7 +305,9 @@ class TrainConfig(Settings):
     grad_clip: float | None = 0.1  # max absolute gradient value; None = no clipping
     label_smoothing: float = 0.0
     crop_padding: int = 4  # pixels of reflect padding for the random crop; 0 = no crop
-    flip: bool = True  # random horizontal flip
+    # horizontal flip: random (or true: a coin per draw) | alternating (each image mirrored every
+    # other epoch, from a seeded coin per image: airbench) | none (or false)
+    flip: bool | str = True
     keep: str = "last"  # last | best_val_loss: which epoch's weights the run returns
     seed: int = 43  # weights init, batch order and augmentation
     compile: bool = False  # torch.compile the model (pays off on long GPU runs)
@@ -311,6 +320,7 @@ class TrainConfig(Settings):
     class_balance: str = "none"  # none | sampler (classes drawn evenly) | loss (inverse-frequency weights)
     accumulate: int = 1  # each batch in this many parts, gradients summed before the one step (less memory)
     early_stopping: int = 0  # stop after this many epochs without a lower validation loss; 0 = off
+    bn_bias_lr_scale: float = 1.0  # batch-norm biases train at this multiple of the lr (airbench: 64), decay / it
 
     def validate(self) -> None:
         _check_range(self, "epochs", 1, high=None)
@@ -324,6 +334,7 @@ class TrainConfig(Settings):
         _check_range(self, "grad_clip", 0, low_open=True, high=None)
         _check_range(self, "label_smoothing", 0, 1)
         _check_range(self, "crop_padding", 0, high=None)
+        _check_choice(self, "flip", (True, False, "random", "alternating", "none"))
         _check_choice(self, "optimizer", ("adam", "sgd"))
         _check_choice(self, "keep", ("last", "best_val_loss"))
         _check_seed(self)
@@ -333,6 +344,7 @@ class TrainConfig(Settings):
         _check_choice(self, "class_balance", ("none", "sampler", "loss"))
         _check_range(self, "accumulate", 1, high=None)
         _check_range(self, "early_stopping", 0, high=None)
+        _check_range(self, "bn_bias_lr_scale", 0, low_open=True, high=None)
         world = self.distributed.nproc_per_node * self.distributed.nnodes
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of the "

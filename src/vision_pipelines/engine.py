@@ -40,7 +40,7 @@ from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
 from .console import Progress, format_seconds
 from .loader import Loader, memory_limit_bytes, subset_images
 from .models import build_model, count_parameters
-from .recipe import Callback, Callbacks, MixedLabels, callbacks_for
+from .recipe import Callback, Callbacks, MixedLabels, PatchWhitening, callbacks_for
 from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,9 @@ class TrainStep:
         # OneCycleLR divides by (pct_start * total_steps - 1): a warm-up of exactly one step
         # (e.g. 4 steps at 0.25) would crash it, so stretch that warm-up a hair past the step.
         pct_start = config.pct_start * (1.01 if config.pct_start * total_steps == 1 else 1)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.max_lr, total_steps=total_steps, pct_start=pct_start)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(  # each group's peak: train.bn_bias_lr_scale
+            self.optimizer, max_lr=[group["lr"] for group in self.optimizer.param_groups],
+            total_steps=total_steps, pct_start=pct_start)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on a normalised batch; returns the (detached) loss and logits, without a host sync."""
@@ -255,6 +256,7 @@ def train_one_epoch(step: TrainStep, loader: Loader, epoch: int, state: RunState
     ``threads`` times every step (``compute.threads: auto`` re-times the counts when it drifts)."""
     threads = threads or ThreadPolicy(None)
     step.network.train()
+    loader.epoch = epoch  # train.flip=alternating: which images this epoch mirrors
     rank, world = rank_and_world()
     bar = Progress(len(loader), f"epoch {epoch}/{step.config.epochs}", unit="batch", enabled=rank == 0)
     losses, hits, seen = [], [], 0
@@ -451,10 +453,25 @@ def cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config``'s optimizer at ``max_lr`` (the schedule's peak: each group's ``lr``)."""
+    groups = _param_groups(network, config)
     if config.optimizer == "adam":
-        return torch.optim.Adam(network.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(network.parameters(), lr=config.max_lr, momentum=0.9, nesterov=True,
-                           weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.max_lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.max_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+
+
+def _param_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
+    """One group of every parameter; with ``train.bn_bias_lr_scale``, the batch-norm biases in
+    a second group at that multiple of the learning rate and with the weight decay divided by
+    it (airbench's: SGD then decays them as much per step as before)."""
+    scale = config.bn_bias_lr_scale
+    biases = {id(m.bias): m.bias for m in network.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    if scale == 1 or not biases:
+        return [{"params": list(network.parameters())}]
+    rest = [p for p in network.parameters() if id(p) not in biases]
+    return [{"params": rest}, {"params": list(biases.values()), "lr": config.max_lr * scale,
+                               "weight_decay": config.weight_decay / scale}]
 
 
 # --- the training job: what the train node runs, in one process or in each of many -------------
@@ -506,7 +523,8 @@ def train(job: TrainingJob, callbacks: Sequence[Callback] = ()) -> TrainResult:
                      f" x {world} processes" if world > 1 else "", train_loader.precision, threads.describe(),
                      len(train_loader.labels), len(val_loader.labels), job.images.size, job.train.batch_size,
                      job.train.epochs)
-        return fit(network, train_loader, val_loader, job.train, checkpoint, threads, callbacks)
+        whitening = [PatchWhitening()] if job.model.whiten else []  # the model's, not train's, option
+        return fit(network, train_loader, val_loader, job.train, checkpoint, threads, [*whitening, *callbacks])
 
 
 def probe_step(network: nn.Module, loader: Loader, config: TrainConfig):

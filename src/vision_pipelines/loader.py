@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .augment import augment, normalize, random_draws
+from .augment import alternating_flips, augment, flip_coins, flip_mode, normalize, random_draws
 from .cache import ImageCache, ShardedImages
 from .config import ComputeConfig, ImageConfig
 
@@ -100,8 +100,9 @@ class Loader:
     amp: bool = False  # bf16 autocast
     channels_last: bool = True
     crop_padding: int = 0  # training augmentation, applied when ``generator`` is set
-    flip: bool = False
+    flip: bool | str = False  # train.flip: random (true) | alternating | none (false)
     generator: torch.Generator | None = None  # shuffles and augments every epoch
+    epoch: int = 1  # the epoch the next pass trains (train.flip=alternating mirrors by its parity)
     rank: int = 0
     world_size: int = 1
 
@@ -154,11 +155,16 @@ class Loader:
         # A subset too large for the GPU stays in host memory; a batch gathered from it is pinned
         # so that its copy to the GPU is truly asynchronous.
         pin = self.device.type == "cuda" and torch.cuda.is_available()
+        alternating = self.generator is not None and flip_mode(self.flip) == "alternating"
+        # Coins seeded by the generator's seed (train.seed), which a resumed generator keeps.
+        coins = flip_coins(len(self.labels), self.generator.initial_seed()) if alternating else None
         for images, positions in self._global_batches():
             if len(positions) < self._smallest_batch:
                 break
             if self.generator is not None:
                 draws = random_draws(len(positions), self.generator)
+                if coins is not None:  # drawn all the same: the crops are those of flip=random
+                    draws[2] = alternating_flips(positions, self.epoch, coins)
                 part = slice(self.rank * len(positions) // self.world_size,
                              (self.rank + 1) * len(positions) // self.world_size)
                 images, positions, draws = images[part], positions[part], draws[:, part]

@@ -55,11 +55,12 @@ def range_test(network: nn.Module, loader: Loader, train: TrainConfig, start: fl
     saved = cpu_copy(network.state_dict())
     network = network.to(loader.device, memory_format=loader.memory_format).train()
     optimizer = _optimizer(network, train)
+    scales = [group["lr"] / train.max_lr for group in optimizer.param_groups]  # train.bn_bias_lr_scale
     rows, average, best = [], 0.0, math.inf
     try:
         for i, (lr, (images, labels)) in enumerate(zip(schedule(start, end, steps), _endless(loader))):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group, scale in zip(optimizer.param_groups, scales):
+                group["lr"] = lr * scale
             with loader.autocast():
                 loss = F.cross_entropy(network(images).float(), labels, label_smoothing=train.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -83,8 +83,16 @@ class ResNet9(nn.Module):
 def build_model(model: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
     """A fresh network for ``model``; pretrained torchvision weights are loaded when asked for."""
     if model.name == "resnet9":
-        return ResNet9(in_channels, num_classes, model.width, model.dropout, model.logit_scale)
+        network = ResNet9(in_channels, num_classes, model.width, model.dropout, model.logit_scale)
+        # Frozen before the optimizer and DistributedDataParallel see it: neither expects its gradient.
+        first_convolution(network).requires_grad_(model.whiten != "frozen")
+        return network
     return _torchvision_resnet(model, in_channels, num_classes)
+
+
+def first_convolution(network: ResNet9) -> nn.Conv2d:
+    """The convolution that sees the images (``model.whiten`` initialises it)."""
+    return network.features[0][0]
 
 
 def _torchvision_resnet(model: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:

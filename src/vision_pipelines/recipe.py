@@ -2,7 +2,8 @@
 hooks do: ``fit`` calls the hooks, each option is one class here, and none edits ``fit``.
 
 ``train.ema`` (average of the weights: validated, kept and saved), ``train.mixup_alpha`` /
-``train.cutmix_alpha`` (mixed images and targets), ``train.class_balance`` (balanced sampling or
+``train.cutmix_alpha`` (mixed images and targets), ``model.whiten`` (the first convolution
+initialised from the training images' patch covariance), ``train.class_balance`` (balanced sampling or
 inverse-frequency loss weights) and ``train.early_stopping`` (patience on the validation loss).
 Each keeps its state in the checkpoint (``state_dict``), so a resumed run continues it exactly.
 Under ``train.distributed`` every process runs the same hooks on its slice of the batch: the
@@ -24,7 +25,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import normalize
 from .config import TrainConfig
+from .models import first_convolution
 
 if TYPE_CHECKING:  # the engine imports this module
     from .engine import TrainStep
@@ -34,7 +37,11 @@ class Callback:
     """A hook into training; every method is optional. The engine calls them in this order:
     ``on_train_start`` (before a checkpoint's state is loaded), then per batch ``on_batch``
     (before the forward pass) and ``after_step`` (after the optimizer step), then per epoch
-    ``eval_network`` (the network to validate and keep) and ``on_epoch_end`` (True: stop)."""
+    ``eval_network`` (the network to validate and keep) and ``on_epoch_end`` (True: stop).
+    Callbacks run by ``order``, lowest first (as fastai's): one that sets the weights runs before
+    one that copies them."""
+
+    order = 0
 
     def on_train_start(self, step: TrainStep, train: Loader) -> None:
         pass
@@ -62,7 +69,7 @@ class Callbacks(Callback):
     """Several callbacks as one, in order; their state keyed by class name."""
 
     def __init__(self, callbacks: list[Callback]) -> None:
-        self.callbacks = callbacks
+        self.callbacks = sorted(callbacks, key=lambda callback: callback.order)  # stable: else as given
 
     def on_train_start(self, step: TrainStep, train: Loader) -> None:
         for callback in self.callbacks:
@@ -105,6 +112,58 @@ def callbacks_for(config: TrainConfig, extra: Sequence[Callback] = ()) -> Callba
     if config.early_stopping:
         callbacks.append(EarlyStopping(config.early_stopping))
     return Callbacks([*callbacks, *extra])
+
+
+# --- model.whiten -------------------------------------------------------------------------------
+
+WHITENING_IMAGES = 512  # training images whose patches estimate the covariance
+WHITENING_EPS = 5e-4  # added to each eigenvalue (airbench's): the faintest directions are not blown up
+
+
+class PatchWhitening(Callback):
+    """airbench's patch-whitening first convolution: its filters are the eigenvectors of the
+    covariance of the training images' patches (of its kernel size, normalised as the network
+    sees them), largest first, each divided by ``sqrt(eigenvalue + eps)``, then the same negated
+    (a ReLU keeps either sign); channels beyond those keep their initialisation. A resumed run
+    loads the checkpoint's weights over these; ``model.whiten: frozen`` keeps them (``build_model``).
+    Under ``train.distributed`` rank 0's filters are given to every process."""
+
+    order = -1  # before train.ema copies the weights
+
+    @torch.no_grad()
+    def on_train_start(self, step: TrainStep, train: Loader) -> None:
+        conv = first_convolution(step.network)
+        filters = whitening_filters(patch_covariance(train, conv.kernel_size), conv.out_channels)
+        conv.weight[:len(filters)] = filters.view(-1, *conv.weight.shape[1:]).to(conv.weight)
+        if dist.is_initialized():
+            weight = conv.weight.contiguous()
+            dist.broadcast(weight, src=0)
+            conv.weight.copy_(weight)
+
+
+def patch_covariance(train: Loader, kernel_size: tuple[int, int]) -> torch.Tensor:
+    """The float64 covariance ``[D, D]`` of the ``kernel_size`` patches (``D`` = channels x
+    kernel area, in the convolution's weight order) of up to ``WHITENING_IMAGES`` training
+    images, evenly spaced over the subset (its first window when streamed), normalised."""
+    images, _, _ = next(iter(train.images.chunks(None)))
+    pick = torch.linspace(0, len(images) - 1, min(len(images), WHITENING_IMAGES)).long()
+    mean, std = torch.tensor(train.mean, device=train.device), torch.tensor(train.std, device=train.device)
+    second, first, count = 0.0, 0.0, 0
+    for batch in images[pick.to(images.device)].split(64):  # bounded memory for large images
+        patches = F.unfold(normalize(batch.to(train.device), mean, std), kernel_size)  # [N, D, positions]
+        patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+        second, first, count = second + patches.T @ patches, first + patches.sum(0), count + len(patches)
+    centre = first / count
+    return second / count - torch.outer(centre, centre)
+
+
+def whitening_filters(covariance: torch.Tensor, channels: int) -> torch.Tensor:
+    """Up to ``channels`` filters ``[channels, D]`` whose responses to patches of ``covariance``
+    are uncorrelated with unit variance: its eigenvectors scaled, largest eigenvalue first, then
+    their negatives."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    scaled = (eigenvectors / (eigenvalues.clamp(min=0) + WHITENING_EPS).sqrt()).T.flip(0)
+    return torch.cat([scaled, -scaled])[:channels].float()
 
 
 # --- train.ema ----------------------------------------------------------------------------------
