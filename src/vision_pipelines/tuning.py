@@ -34,9 +34,11 @@ def open_study(storage: str, tune: TuneConfig) -> optuna.Study:
     """The study ``tune.study`` in ``storage``, created or continued. A study made for another
     space or objective is refused (its trials would mislead the sampler); trials a killed run
     left running are marked failed."""
+    # Trials report epochs from 1, and the pruner skips steps below n_warmup_steps: 2 spares the
+    # first epoch (its score is mostly noise), as docs/tuning.md says.
     study = optuna.create_study(storage=storage, study_name=tune.study, direction=DIRECTIONS[tune.objective],
                                 sampler=optuna.samplers.TPESampler(seed=tune.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
                                 load_if_exists=True)
     made_for = {"space": tune.space, "objective": tune.objective}
     if not study.user_attrs:
