@@ -53,3 +53,19 @@ def test_a_stopped_search_resumes_keeping_its_finished_trials(kedro_project: Pat
     assert latest(kedro_project / "data" / "08_reporting" / "fruits" / "tune.png").stat().st_size > 0
     trial_runs = mlflow.search_runs(search_all_experiments=True, filter_string="params.`optuna.trial` = '1'")
     assert len(trial_runs) == 1 and trial_runs["tags.mlflow.parentRunId"].notna().all()  # nested in the search's run
+
+
+def test_the_pruner_stops_a_poor_trial_from_its_second_epoch_not_its_first() -> None:
+    optuna = pytest.importorskip("optuna")
+    from vision_pipelines.tuning import Pruning, median_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=median_pruner())  # in memory: a SQLite one takes seconds
+    for _ in range(3):  # the pruner's startup trials: good at every epoch
+        good = study.ask()
+        for epoch in (1, 2):
+            good.report(0.9, epoch)
+        study.tell(good, 0.9)
+    poor = Pruning(study.ask(), "val_accuracy", mlflow=None)
+    assert poor.on_epoch_end({"epoch": 1, "val_accuracy": 0.1}) is False  # epochs count from 1
+    with pytest.raises(optuna.TrialPruned, match="epoch 2"):
+        poor.on_epoch_end({"epoch": 2, "val_accuracy": 0.1})

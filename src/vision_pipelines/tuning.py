@@ -30,13 +30,19 @@ DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
+def median_pruner() -> optuna.pruners.MedianPruner:
+    """Stops a trial worse than the median of the earlier trials at the same epoch, once 3 trials
+    have ended and from the second epoch: trials report epochs from 1 and the pruner skips the
+    steps below ``n_warmup_steps``, so 2 spares the first epoch, whose score is mostly noise."""
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+
+
 def open_study(storage: str, tune: TuneConfig) -> optuna.Study:
     """The study ``tune.study`` in ``storage``, created or continued. A study made for another
     space or objective is refused (its trials would mislead the sampler); trials a killed run
     left running are marked failed."""
     study = optuna.create_study(storage=storage, study_name=tune.study, direction=DIRECTIONS[tune.objective],
-                                sampler=optuna.samplers.TPESampler(seed=tune.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+                                sampler=optuna.samplers.TPESampler(seed=tune.seed), pruner=median_pruner(),
                                 load_if_exists=True)
     made_for = {"space": tune.space, "objective": tune.objective}
     if not study.user_attrs:
