@@ -261,7 +261,7 @@ def test_train_model_outputs(trained) -> None:
     assert card["class_names"] == classes
     assert card["input"]["size"] == 16 and card["input"]["channels"] == 3
     assert card["input"]["mean"] == [0.5, 0.5, 0.5] and card["input"]["std"] == [0.5, 0.5, 0.5]
-    assert card["model"] == {"name": "resnet9", "width": 8, "dropout": 0.2, "logit_scale": 1.0}
+    assert card["model"] == {"name": "resnet9", "width": 8, "dropout": 0.2, "logit_scale": 1.0, "whiten": False}
     assert card["training"]["config"]["epochs"] == 2 and card["training"]["kept_epoch"] == 2
     assert card["training"]["train_images"] == 24 and card["training"]["val_images"] == 6
     assert card["lineage"] == {"image_cache": cache.fingerprint, "manifest": cache.manifest_fingerprint}
