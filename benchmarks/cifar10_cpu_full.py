@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from common import KEDRO, PROJECT, RESULTS, latest_version, machine_line, machine_record, project_copy, write_record
+from hardware_peak import matmul_peak
 
 DEFAULT_DATA = "../shared/datasets/cifar10-full"  # relative to the project root, as in the README
 
@@ -58,23 +59,31 @@ def kedro_params(data: str, settings: str) -> str:
                      *(f"cifar10.{setting}" for setting in settings.split(",") if setting)])
 
 
-def run(data: Path, settings: str, workdir: Path, log_path: Path) -> dict:
-    """One ``kedro run`` on ``data`` in a project copy; returns what it measured."""
-    project = project_copy(workdir / "project")
+def kedro_run(project: Path, data: Path, settings: str, log_path: Path) -> dict:
+    """``kedro run --pipelines=cifar10 --env=cpu`` in ``project``; returns its metrics.json."""
     command = [KEDRO, "run", "--pipelines=cifar10", "--env=cpu", f"--params={kedro_params(str(data), settings)}"]
-    load_before = round(os.getloadavg()[0], 2)
-    sampler = LoadSampler()
-    sampler.start()
-    started = time.time()
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         finished = subprocess.run(command, cwd=project, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"})
-    wall = time.time() - started
-    during = sampler.stop()
     if finished.returncode:
         print(log_path.read_text()[-6000:], file=sys.stderr)
         raise SystemExit(f"kedro run failed ({finished.returncode})")
-    metrics = json.loads(latest_version(project / "data/08_reporting/cifar10/metrics.json").read_text())
+    return json.loads(latest_version(project / "data/08_reporting/cifar10/metrics.json").read_text())
+
+
+def run(data: Path, settings: str, workdir: Path, log_path: Path) -> dict:
+    """One ``kedro run`` on ``data`` in a project copy; returns what it measured."""
+    project = project_copy(workdir / "project")
+    load_before = round(os.getloadavg()[0], 2)
+    # The same 2-core machine has run the same training in 607 s and in 780 s, idle both times
+    # (the host's other tenants): its matmul rate just before the run says which it was.
+    matmul_gflops = round(matmul_peak(2048, torch.float32, torch.device("cpu")) / 1e9, 1)
+    sampler = LoadSampler()
+    sampler.start()
+    started = time.time()
+    metrics = kedro_run(project, data, settings, log_path)
+    wall = time.time() - started
+    during = sampler.stop()
     card = json.loads(latest_version(project / "data/06_models/cifar10/model_card.json").read_text())
     history = pd.read_csv(latest_version(project / "data/08_reporting/cifar10/training_history.csv"))
     training = card["training"]
@@ -92,8 +101,15 @@ def run(data: Path, settings: str, workdir: Path, log_path: Path) -> dict:
         "load_1min": {"before": load_before, "during_max": max(during, default=None),
                       "during_median": sorted(during)[len(during) // 2] if during else None,
                       "after": round(os.getloadavg()[0], 2)},
-        "settings_given": settings,
+        "settings_given": settings, "project": project, "matmul_gflops_before": matmul_gflops,
     }
+
+
+def evaluate_variants(run_record: dict, data: Path, settings: str, variants: list[str], log_path: Path) -> dict:
+    """Test accuracy of the same trained model under other evaluation settings (``evaluate.tta_crops=false``):
+    each rerun finds the training checkpoint complete, so only evaluation runs again."""
+    return {variant: round(kedro_run(run_record["project"], data, ",".join(filter(None, [settings, variant])),
+                                     log_path)["accuracy"], 4) for variant in variants}
 
 
 def markdown(record: dict) -> list[str]:
@@ -110,8 +126,19 @@ def markdown(record: dict) -> list[str]:
         f"| {r['precision']} |", "",
         f"Model: {m['name']} ({model}). Training: " + ", ".join(f"{k} {v}" for k, v in s.items()) + ".", "",
         f"Machine load (1-minute average, {record['cores']} cores): {load['before']} before, median "
-        f"{load['during_median']} and peak {load['during_max']} during the run, {load['after']} after.",
+        f"{load['during_median']} and peak {load['during_max']} during the run, {load['after']} after; "
+        f"fp32 matmul rate just before the run {r.get('matmul_gflops_before', '?')} GFLOP/s "
+        "(`benchmarks/hardware_peak.py`'s measure: the same machine has shown 90-190).",
+        *variant_lines(record.get("evaluate_variants") or {}),
     ]
+
+
+def variant_lines(variants: dict[str, float]) -> list[str]:
+    if not variants:
+        return []
+    return ["", "The same trained model evaluated with other settings (only evaluation reruns):", "",
+            "| evaluation settings | test accuracy |", "|---|---|",
+            *(f"| `{variant}` | {accuracy:.2%} |" for variant, accuracy in variants.items())]
 
 
 def main() -> None:
@@ -124,6 +151,9 @@ def main() -> None:
     parser.add_argument("--label", default="current", help="names the results: cifar10_cpu_full_<label>")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--log", type=Path, help="keep the run's console output in this file")
+    parser.add_argument("--evaluate-variants", nargs="*", default=[], metavar="SETTINGS",
+                        help="after training, evaluate the same model again with these settings each "
+                             "(evaluate.tta_crops=false evaluate.tta_flip=false)")
     args = parser.parse_args()
     data = (PROJECT / args.data).resolve()
     if not (data / "train").is_dir() or not (data / "test").is_dir():
@@ -131,7 +161,11 @@ def main() -> None:
     command = f'kedro run --pipelines=cifar10 --env=cpu --params="{kedro_params(args.data, args.params)}"'
     record = {**machine_record(torch.device("cpu")), "label": args.label, "data": str(data), "kedro_command": command}
     with tempfile.TemporaryDirectory(prefix="cifar10_cpu_full-") as workdir:
-        record["run"] = run(data, args.params, Path(workdir), args.log or Path(workdir) / "kedro.log")
+        log_path = args.log or Path(workdir) / "kedro.log"
+        record["run"] = run(data, args.params, Path(workdir), log_path)
+        record["evaluate_variants"] = evaluate_variants(record["run"], data, args.params, args.evaluate_variants,
+                                                        log_path)
+        del record["run"]["project"]
     lines = markdown(record)
     write_record(record, lines, f"cifar10_cpu_full_{args.label}", args.results)
 

@@ -13,6 +13,7 @@ Fraction of peak = images/s x FLOPs per image / peak FLOP/s in the precision the
 
     python benchmarks/hardware_peak.py                 # cifar10's --env=cpu recipe
     python benchmarks/hardware_peak.py --steps 5 --size 512   # quick look
+    python benchmarks/hardware_peak.py --variants      # and channels_last, torch.compile, bf16
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ def configs(dataset: str, env: str, overrides: dict[str, dict[str, Any]]
 
 
 def throughputs(images: ImageConfig, model: ModelConfig, train: TrainConfig, compute: ComputeConfig,
-                steps: int) -> dict[str, float]:
+                steps: int, bf16: bool | None = None) -> dict[str, float]:
     """Images/s of the train stage (``engine.fit``, the second of two epochs of ``steps``
-    batches) and of the model only (``TrainStep`` on one batch, ``steps`` times after one)."""
+    batches) and of the model only (``TrainStep`` on one batch, ``steps`` times after one);
+    ``bf16`` forces bf16 autocast on or off (default: the recipe's, where the device is fast)."""
     count = steps * train.batch_size
     pixels = torch.randint(0, 256, (count, images.channels, images.size, images.size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
@@ -87,12 +89,15 @@ def throughputs(images: ImageConfig, model: ModelConfig, train: TrainConfig, com
     norm = {"mean": images.mean, "std": images.std, "batch_size": train.batch_size, "compute": compute}
     loader = Loader.create(MemoryImages(pixels), labels, **norm, crop_padding=train.crop_padding, flip=train.flip)
     no_val = Loader.create(MemoryImages(pixels[:0]), labels[:0], **norm)
+    batches = Loader.create(MemoryImages(pixels), labels, **norm)
+    for each in (loader, no_val, batches):
+        each.amp = each.amp if bf16 is None else bf16
     engine.seed_everything(train.seed)
     result = engine.fit(build_model(model, images.channels, CLASSES), loader, no_val,
                         dataclasses.replace(train, epochs=2))
     stage = count / result.history["seconds"].iloc[1]
     step = engine.TrainStep(build_model(model, images.channels, CLASSES), train, loader, total_steps=steps + 1)
-    batch = next(iter(Loader.create(MemoryImages(pixels), labels, **norm)))
+    batch = next(iter(batches))
     step(*batch)
     _synchronize(loader.device)
     started = time.perf_counter()
@@ -120,6 +125,40 @@ def measure(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps:
             "fraction_of_peak": {path: rate * flops / peak for path, rate in rates.items()}}
 
 
+VARIANTS = {  # name: (overrides, bf16 forced), against the recipe as configured (channels_last on)
+    "channels_last off": ({"compute": {"channels_last": False}}, None),
+    "torch.compile": ({"train": {"compile": True}}, None),
+    "bf16 autocast": ({}, True),
+}
+
+
+def variants(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps: int) -> dict[str, dict]:
+    """Train stage and model-only images/s as configured and with each of ``VARIANTS``; on CPUs
+    without native bf16, the bf16 row measures oneDNN's emulation. Each is run twice, in turn
+    (configured, variant, configured, ...), and the better of the two counts."""
+    rows: dict[str, dict] = {}
+    for _ in range(2):
+        for name, (change, bf16) in {"as configured": ({}, None), **VARIANTS}.items():
+            merged = {key: {**overrides.get(key, {}), **change.get(key, {})} for key in {*overrides, *change}}
+            rates = throughputs(*configs(dataset, env, merged), steps, bf16)
+            best = rows.get(name, {})
+            rows[name] = {path: max(rate, best.get(path, 0.0)) for path, rate in rates.items()}
+    return rows
+
+
+def variant_lines(record: dict[str, Any]) -> list[str]:
+    rows = record.get("variants")
+    if not rows:
+        return []
+    base = rows["as configured"]
+    lines = ["", f"Variants of the recipe ({record['steps']} batches each, the better of two runs; ratio to "
+             "as configured):", "", "| variant | train stage images/s | model only images/s |", "|---|---|---|"]
+    for name, rates in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{rates[path]:.0f} ({rates[path] / base[path]:.2f}x)"
+                                                  for path in ("train_stage", "model_only")) + " |")
+    return lines
+
+
 def markdown(record: dict[str, Any], note: str) -> list[str]:
     peaks = ", ".join(f"{name} {value / 1e9:.1f} GFLOP/s" for name, value in record["peak_flops"].items())
     lines = [f"# Training throughput against the hardware's peak ({record['dataset']}, --env={record['env']})", "",
@@ -134,7 +173,7 @@ def markdown(record: dict[str, Any], note: str) -> list[str]:
     for path, rate in record["images_per_second"].items():
         lines.append(f"| {path.replace('_', ' ')} | {rate:.0f} | {rate * record['train_flops_per_image'] / 1e9:.2f} | "
                      f"{record['fraction_of_peak'][path]:.3f} |")
-    return lines
+    return lines + variant_lines(record)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -150,12 +189,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="matrix side of the peak measure")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch threads for the training paths (default: torch's)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time channels_last on/off, torch.compile and bf16 autocast")
     parser.add_argument("--note", default="", help="a line on the machine's state, shown in the results")
     parser.add_argument("--results", type=Path, default=None, help="folder for the results (benchmarks/results)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    record = measure(args.dataset, args.env, {"compute": {"device": args.device}}, args.steps, args.size)
+    overrides = {"compute": {"device": args.device}}
+    record = measure(args.dataset, args.env, overrides, args.steps, args.size)
+    if args.variants:
+        record["variants"] = variants(args.dataset, args.env, overrides, args.steps)
     record["note"] = args.note
     stem = f"hardware_peak_{record['device_type']}"
     write_record(record, markdown(record, args.note), stem, *([args.results] if args.results else []))

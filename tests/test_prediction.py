@@ -16,12 +16,12 @@ from safetensors.torch import load_file, save_file
 from conftest import FP32_CPU, latest, make_class_folders, make_image, run_kedro, sample_dir
 from vision_pipelines import engine
 from vision_pipelines.cache import ImageCache
-from vision_pipelines.config import ComputeConfig, ConfigError, PredictConfig
+from vision_pipelines.config import ComputeConfig, ConfigError, EvaluateConfig, PredictConfig
 from vision_pipelines.lineage import LineageError
 from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.model_card import load_model
 from vision_pipelines.pipeline_registry import register_pipelines
-from vision_pipelines.prediction import classify_files
+from vision_pipelines.prediction import classify_files, held_out_probabilities
 
 CLASSES = ["Apple", "Banana", "Kiwi"]
 COMPUTE = ComputeConfig(device="cpu", mixed_precision=False)  # FP32_CPU, as settings
@@ -100,6 +100,25 @@ def test_predictions_equal_engine_predict_on_the_training_cache(project: Path) -
     _, seen = classify_files([images_root / "Test" / f for f in files], card, network, COMPUTE,
                              PredictConfig(grid_size=len(files)), workers=1)
     assert torch.equal(torch.from_numpy(seen), cache.images("test"))
+
+
+def test_held_out_probabilities_are_each_subsets_prediction_with_the_evaluation_settings(project: Path) -> None:
+    """Evaluation and the cross-validation folds both predict through ``held_out_probabilities``:
+    every held-out subset the cache has, in its order, with the evaluation's test-time augmentation."""
+    data = project / "data"
+    card, network = load_model(json.loads(latest(data / "06_models/fruits/model_card.json").read_text()),
+                               load_file(latest(data / "06_models/fruits/model.safetensors")))
+    cache = ImageCache(data / "05_model_input/fruits/image_cache")
+    evaluate = EvaluateConfig(tta_flip=True, tta_crops=True, batch_size=7)
+
+    probabilities = held_out_probabilities(network, cache, card, evaluate, COMPUTE)
+
+    assert list(probabilities) == [subset for subset in ("val", "test") if cache.count(subset)] == ["val", "test"]
+    for subset, table in probabilities.items():
+        loader = Loader.unlabelled(cache.images(subset), card.mean, card.std, 64, COMPUTE)
+        expected = engine.predict(network, loader, tta_flip=True, tta_crops=True).softmax(1)
+        torch.testing.assert_close(table, expected)
+        assert not torch.allclose(table, engine.predict(network, loader).softmax(1))  # the augmentation counts
 
 
 @pytest.mark.integration

@@ -1,4 +1,5 @@
-"""Classify image files with a trained model: what the predict pipeline and the notebook call.
+"""Classify image files with a trained model: what the predict pipeline and the notebook call;
+and the held-out subsets of an image cache: what evaluation and the cross-validation folds call.
 
 Files are decoded exactly as training decoded them (``images.decode_all`` at the card's size
 and channels, as the image cache does) and run through ``engine.predict``, the one prediction
@@ -19,15 +20,33 @@ import torch
 from torch import nn
 
 from . import engine
-from .config import ComputeConfig, PredictConfig
+from .cache import ImageCache
+from .config import HELD_OUT_SUBSETS, ComputeConfig, EvaluateConfig, PredictConfig
 from .images import decode_all
-from .loader import Loader, resolve_device
+from .loader import Loader, memory_limit_bytes, resolve_device, subset_images
 from .model_card import ModelCard
 from .threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
 BLOCK = 4096  # files decoded and predicted at a time: memory stays bounded on large folders
+
+
+def held_out_probabilities(network: nn.Module, cache: ImageCache, card: ModelCard, evaluate: EvaluateConfig,
+                           compute: ComputeConfig) -> dict[str, torch.Tensor]:
+    """Class probabilities ``[N, classes]`` of each held-out subset (val, test, predict) that
+    ``cache`` (an ``ImageCache`` or a fold's view of one) has, in its order, with the
+    evaluation's test-time augmentation; a subset is held in memory when it fits in half the
+    memory available, else streamed from the cache's shards."""
+    limit = memory_limit_bytes()
+    threads = ThreadPolicy.for_device(compute.threads, resolve_device(compute.device))  # one choice for all subsets
+    probabilities = {}
+    for subset in (subset for subset in HELD_OUT_SUBSETS if cache.count(subset)):
+        loader = Loader.unlabelled(subset_images(cache, subset, limit), card.mean, card.std, evaluate.batch_size,
+                                   compute)
+        logits = engine.predict(network, loader, evaluate.tta_flip, threads, evaluate.tta_crops)
+        probabilities[subset] = logits.softmax(1).cpu()
+    return probabilities
 
 
 def prediction_columns(top_k: int) -> list[str]:

@@ -11,10 +11,9 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ... import cross_validation, engine, lineage, reporting
+from ... import cross_validation, lineage, reporting
 from ...cache import ImageCache
 from ...config import (
-    HELD_OUT_SUBSETS,
     ComputeConfig,
     ConfigError,
     CVConfig,
@@ -24,8 +23,8 @@ from ...config import (
     ModelConfig,
     TrainConfig,
 )
-from ...loader import Loader
 from ...model_card import read_card
+from ...prediction import held_out_probabilities
 from ..image_classification.nodes import train_model
 
 log = logging.getLogger(__name__)
@@ -61,23 +60,19 @@ def predict_fold(model_weights: dict[str, torch.Tensor], model_card: dict[str, A
                  cv_folds: pd.DataFrame, manifest: pd.DataFrame, evaluate: EvaluateConfig, compute: ComputeConfig,
                  fold: int = 1) -> pd.DataFrame:
     """Class probabilities of the fold's own images (``subset`` ``val``: its out-of-fold
-    predictions) and of the test and predict images, with ``evaluate.tta_flip``."""
+    predictions) and of the test and predict images, with the evaluation's test-time augmentation."""
     view = cross_validation.FoldCache(image_cache, cv_folds, fold)
     card = read_card(model_card, model_weights)
     lineage.model_matches_cache(card.lineage, view, rerun="the whole cross-validation (--pipelines=<dataset>_cv)")
-    network = card.network(model_weights)
     frames = []
-    for subset in HELD_OUT_SUBSETS:
-        if not view.count(subset):
-            continue
+    for subset, probabilities in held_out_probabilities(card.network(model_weights), view, card, evaluate,
+                                                         compute).items():
         labels = view.labels(subset)  # the table's; prediction does not read them
-        loader = Loader.unlabelled(view.stream(subset), card.mean, card.std, evaluate.batch_size, compute)
-        probabilities = engine.predict(network, loader, evaluate.tta_flip).softmax(1).cpu().numpy()
         names = [card.class_names[i] if i >= 0 else None for i in labels.tolist()]
         frame = pd.DataFrame({"file": manifest["file"].to_numpy()[view.rows(subset).numpy()], "subset": subset,
                               "fold": fold, "label": names})
-        frames.append(pd.concat([frame, pd.DataFrame(probabilities, columns=[f"p_{c}" for c in card.class_names])],
-                                axis=1))
+        frames.append(pd.concat([frame, pd.DataFrame(probabilities.numpy(),
+                                                     columns=[f"p_{c}" for c in card.class_names])], axis=1))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -22,7 +22,6 @@ from ... import distributed, engine, images, lineage, reporting, sources
 from ...augment import augment, random_draws
 from ...cache import CacheBuild, ImageCache
 from ...config import (
-    HELD_OUT_SUBSETS,
     ComputeConfig,
     EvaluateConfig,
     ImageConfig,
@@ -33,10 +32,9 @@ from ...config import (
     SubmissionConfig,
     TrainConfig,
 )
-from ...loader import Loader, memory_limit_bytes, resolve_device, subset_images
 from ...model_card import make_card, read_card
+from ...prediction import held_out_probabilities
 from ...submission import submission_ids, submission_table
-from ...threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +195,10 @@ def predict(model_weights: dict[str, torch.Tensor], model_card: dict[str, Any], 
     card = read_card(model_card, model_weights)
     lineage.model_matches_cache(card.lineage, image_cache)
     lineage.cache_matches_manifest(image_cache, manifest, card.class_names)
-    network = card.network(model_weights)
-    limit = memory_limit_bytes()  # held in memory when a subset fits in half the memory available
-    threads = ThreadPolicy.for_device(compute.threads, resolve_device(compute.device))  # one choice for all subsets
     frames = []
-    for subset in HELD_OUT_SUBSETS:
-        if not image_cache.count(subset):
-            continue
-        loader = Loader.unlabelled(subset_images(image_cache, subset, limit), card.mean, card.std,
-                                   evaluate.batch_size, compute)
+    for subset, probabilities in held_out_probabilities(card.network(model_weights), image_cache, card, evaluate,
+                                                         compute).items():
         labels = image_cache.labels(subset)  # the table's; prediction does not read them
-        probabilities = engine.predict(network, loader, evaluate.tta_flip, threads,
-                                       evaluate.tta_crops).softmax(1).cpu()
         confidence, predicted = probabilities.max(1)
         frames.append(pd.DataFrame({
             "file": manifest["file"].to_numpy()[image_cache.rows(subset).numpy()], "subset": subset,
