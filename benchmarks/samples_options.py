@@ -18,11 +18,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from cifar10_ablation import RECIPE_OPTIONS
 from common import RESULTS, SAMPLE_ROOTS, SAMPLES, machine_line, machine_record, write_record
 from pipelines_on_samples import run_pipeline
 from vision_pipelines.loader import resolve_device
 
-RECIPE_OPTIONS = "model.whiten=true,train.flip=alternating,train.ema=0.99,evaluate.tta_crops=true"
 VARIANTS = {  # name: settings on top of conf/cpu's recipe
     "as configured": "",
     "airbench options": RECIPE_OPTIONS,
