@@ -117,7 +117,7 @@ def main() -> None:
                         help="a CIFAR-10 folder with train/<class> and test/<class> (default: the sample)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--width", type=int, help="ResNet9 width for both recipes (default: theirs, 64)")
+    parser.add_argument("--width", type=int, help="model.width for both recipes (default: theirs)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

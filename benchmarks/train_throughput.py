@@ -332,7 +332,7 @@ def main() -> None:
     parser.add_argument("--env", default="cpu", help="Kedro environment of the parameters: cpu, base, ...")
     parser.add_argument("--data", type=Path, help="class folders to read instead of the dataset's sample")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the profile's)")
-    parser.add_argument("--width", type=int, help="ResNet9 width (default: the profile's)")
+    parser.add_argument("--width", type=int, help="network width (model.width; default: the profile's)")
     parser.add_argument("--batch-size", type=int, help="images per step (default: the profile's)")
     parser.add_argument("--steps", type=int, default=40, help="steps per window (default 40)")
     parser.add_argument("--windows", type=int, default=5, help="timed windows (rounds) per path (default 5)")

@@ -103,6 +103,14 @@ def make_folders_dataset(root: Path, classes=("apple", "kiwi", "lime"), train: i
     return root
 
 
+def build_cache(raw: Path, images: ImageConfig = IMAGES, split: SplitConfig = SPLIT):
+    """The ``CacheBuild`` of a ``make_folders_dataset`` folder, as the pipeline's nodes make it."""
+    from vision_pipelines.pipelines.image_classification import nodes
+
+    manifest, classes = nodes.build_manifest(raw, FOLDERS_SOURCE, split)
+    return nodes.build_image_cache(raw, manifest, classes, images)
+
+
 def write_cache(build, folder: Path):
     """Save a ``CacheBuild`` as the catalog does and load it back: an ``ImageCache``."""
     from vision_pipelines.datasets import ImageCacheDataset

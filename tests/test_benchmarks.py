@@ -189,7 +189,7 @@ def test_thread_contention_benchmark_times_each_policy_under_its_own_load(tmp_pa
 
 
 def test_hardware_peak_benchmark_relates_throughput_to_the_measured_peak(tmp_path: Path) -> None:
-    tiny = {"images": {"size": 8}, "model": {"width": 4}, "train": {"batch_size": 4}, "compute": {"device": "cpu"}}
+    tiny = {"images": {"size": 12}, "model": {"width": 4}, "train": {"batch_size": 4}, "compute": {"device": "cpu"}}
     record = hardware_peak.measure("cifar10", "cpu", tiny, steps=2, size=64)
     assert record["peak_flops"]["fp32"] > 0 and record["train_flops_per_image"] > 0
     peak = record["peak_flops"][record["precision"]]

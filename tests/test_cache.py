@@ -19,22 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FOLDERS_SOURCE, IMAGES, SPLIT, make_class_folders, make_folders_dataset, write_cache
+from conftest import IMAGES, SPLIT, build_cache, make_class_folders, make_folders_dataset, write_cache
 from vision_pipelines import cache as cache_module
 from vision_pipelines.cache import CacheError, ImageCache, ShardedImages
 from vision_pipelines.cache import write_cache as write_shards
-from vision_pipelines.config import ImageConfig, SplitConfig
-from vision_pipelines.pipelines.image_classification import nodes
+from vision_pipelines.config import ImageConfig
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folders_dataset(tmp_path_factory.mktemp("raw"), train=20, test=4)
-
-
-def build(raw: Path, images: ImageConfig = IMAGES, split: SplitConfig = SPLIT):
-    manifest, classes = nodes.build_manifest(raw, FOLDERS_SOURCE, split)
-    return nodes.build_image_cache(raw, manifest, classes, images)
 
 
 ONE_WORKER = dataclasses.replace(IMAGES, decode_workers=1)  # no process pool to start: quicker on 72 images
@@ -46,10 +40,10 @@ def files_of(folder: Path) -> dict[str, int]:
 
 
 def test_shards_hold_the_subset_in_order_and_stream_as_they_read_whole(raw: Path, tmp_path: Path) -> None:
-    small = write_cache(build(raw, dataclasses.replace(IMAGES, shard_mb=1)), tmp_path / "one")
+    small = write_cache(build_cache(raw, dataclasses.replace(IMAGES, shard_mb=1)), tmp_path / "one")
     assert len(small.stream("train").paths) == 1
     ten_images = 16 * 16 * 3 * 10 / 2 ** 20  # MB
-    cache = write_cache(build(raw, dataclasses.replace(IMAGES, shard_mb=ten_images)), tmp_path / "many")
+    cache = write_cache(build_cache(raw, dataclasses.replace(IMAGES, shard_mb=ten_images)), tmp_path / "many")
     stream = cache.stream("train")
     assert stream.counts == [10, 10, 10, 10, 8]
     whole = cache.images("train")
@@ -60,18 +54,18 @@ def test_shards_hold_the_subset_in_order_and_stream_as_they_read_whole(raw: Path
 
 
 def test_fingerprint_follows_the_pixels_not_only_the_file_names(raw: Path, tmp_path: Path) -> None:
-    first = write_cache(build(raw), tmp_path / "first")
+    first = write_cache(build_cache(raw), tmp_path / "first")
     edited = shutil.copytree(raw, tmp_path / "edited")
     make_class_folders(edited / "Training", ["apple"], 1, start_seed=777)  # apple/0.jpg, other pixels
-    second = write_cache(build(edited), tmp_path / "second")
+    second = write_cache(build_cache(edited), tmp_path / "second")
     assert first.manifest_fingerprint == second.manifest_fingerprint
     assert first.fingerprint != second.fingerprint
-    assert write_cache(build(raw), tmp_path / "again").fingerprint == first.fingerprint
+    assert write_cache(build_cache(raw), tmp_path / "again").fingerprint == first.fingerprint
 
 
 def test_a_cache_pickles_as_its_folder(raw: Path, tmp_path: Path) -> None:
     """What distributed training processes receive: a few hundred bytes, not the images."""
-    cache = write_cache(build(raw), tmp_path / "cache")
+    cache = write_cache(build_cache(raw), tmp_path / "cache")
     payload = pickle.dumps(cache)
     assert len(payload) < 5000
     assert torch.equal(pickle.loads(payload).images("test"), cache.images("test"))
@@ -90,7 +84,7 @@ def test_a_cache_that_cannot_fit_on_disk_stops_before_decoding(raw: Path, tmp_pa
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(CacheError, match=r"needs 0.0 GB but .* has only 0.0 GB free: use a smaller images.size"):
-        write_shards(tmp_path / "cache", build(raw))
+        write_shards(tmp_path / "cache", build_cache(raw))
     assert not list((tmp_path / "cache").iterdir())
 
 
@@ -121,7 +115,7 @@ if __name__ == "__main__":  # the decode workers are spawned: they import this f
 
 def test_a_build_killed_half_way_leaves_the_previous_cache_whole(raw: Path, tmp_path: Path) -> None:
     folder = tmp_path / "cache"
-    before = write_cache(build(raw), folder)
+    before = write_cache(build_cache(raw), folder)
     previous = {p.name: p.read_bytes() for p in folder.iterdir()}
     script = tmp_path / "build.py"
     script.write_text(KILLED_BUILD)
@@ -133,7 +127,7 @@ def test_a_build_killed_half_way_leaves_the_previous_cache_whole(raw: Path, tmp_
     assert after.fingerprint == before.fingerprint
     assert torch.equal(after.images("train"), before.images("train"))
     assert len(list(folder.iterdir())) > len(previous)  # the unfinished build's files...
-    write_cache(build(raw, ImageConfig(size=12)), folder)  # ...go with the next build,
+    write_cache(build_cache(raw, ImageConfig(size=12)), folder)  # ...go with the next build,
     assert not set(previous) & {p.name for p in folder.iterdir()} - {"index.json"}  # and so do the old shards
     assert ImageCache(folder).size == 12
 
@@ -159,11 +153,11 @@ def test_streamed_subset_reads_one_window_of_shards_at_a_time(tmp_path: Path) ->
 def test_a_cache_built_from_the_same_files_and_settings_is_reused_without_decoding(
         raw: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "cache"
-    first = write_cache(build(raw, ONE_WORKER), folder)
+    first = write_cache(build_cache(raw, ONE_WORKER), folder)
     before = files_of(folder)
     monkeypatch.setattr(cache_module, "decode_all", lambda *args, **kwargs: pytest.fail("decoded again"))
     caplog.set_level(logging.INFO, logger="vision_pipelines.cache")
-    again = write_cache(build(raw, ONE_WORKER), folder)
+    again = write_cache(build_cache(raw, ONE_WORKER), folder)
     assert "image cache up to date (72 images)" in caplog.text
     assert files_of(folder) == before  # same files, untouched
     assert again.fingerprint == first.fingerprint
@@ -178,7 +172,7 @@ def test_a_changed_image_or_image_setting_or_split_rebuilds_the_cache(change: st
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     raw = make_folders_dataset(tmp_path / "raw", train=20, test=4)
     folder = tmp_path / "cache"
-    first = write_cache(build(raw, ONE_WORKER), folder)
+    first = write_cache(build_cache(raw, ONE_WORKER), folder)
     before = files_of(folder)
     images, split = ONE_WORKER, SPLIT
     if change == "an image edited in place":
@@ -189,7 +183,7 @@ def test_a_changed_image_or_image_setting_or_split_rebuilds_the_cache(change: st
         images = dataclasses.replace(ONE_WORKER, **{change.split(".")[1]: {"images.size": 12,
                                                                             "images.shard_mb": 0.01}[change]})
     caplog.set_level(logging.INFO, logger="vision_pipelines.cache")
-    second = write_cache(build(raw, images, split), folder)
+    second = write_cache(build_cache(raw, images, split), folder)
     assert "decoding 72 images" in caplog.text and "up to date" not in caplog.text
     assert not set(before) & set(files_of(folder)) - {"index.json"}  # every file written anew
     assert (second.fingerprint != first.fingerprint) == (change in ("an image edited in place", "images.size",
@@ -265,7 +259,7 @@ def test_a_damaged_cache_is_refused_naming_the_file_and_rebuilt_by_the_next_buil
     folder, outside = tmp_path / "cache", tmp_path / "outside"
     outside.mkdir()
     np.save(outside / "rows.npy", np.arange(12))  # a file outside the cache, which must never be read
-    first = write_cache(build(raw, ONE_WORKER), folder)
+    first = write_cache(build_cache(raw, ONE_WORKER), folder)
     test_images = first.images("test")
     do, message = DAMAGE[damage]
     do(folder, first.index, outside)
@@ -273,7 +267,7 @@ def test_a_damaged_cache_is_refused_naming_the_file_and_rebuilt_by_the_next_buil
                                          r"--tags=cache.*a rerun rebuilds a damaged cache") as error:
         read_everything(folder)
     assert str(folder) in str(error.value)
-    again = write_cache(build(raw, ONE_WORKER), folder)
+    again = write_cache(build_cache(raw, ONE_WORKER), folder)
     again.verify()
     assert again.fingerprint == first.fingerprint
     assert torch.equal(again.images("test"), test_images)
@@ -283,7 +277,7 @@ def test_a_damaged_cache_is_refused_naming_the_file_and_rebuilt_by_the_next_buil
 
 def test_a_damaged_shard_is_refused_when_training_reads_it(raw: Path, tmp_path: Path) -> None:
     """Streamed shards are checked as they are first read, once per process."""
-    cache = write_cache(build(raw, dataclasses.replace(ONE_WORKER, shard_mb=16 * 16 * 3 * 10 / 2 ** 20)),
+    cache = write_cache(build_cache(raw, dataclasses.replace(ONE_WORKER, shard_mb=16 * 16 * 3 * 10 / 2 ** 20)),
                         tmp_path / "cache")
     stream = cache.stream("train")
     assert len(list(stream.chunks(None))) == 5  # read, and checked, once

@@ -149,7 +149,7 @@ def test_exports_agree_with_pytorch_on_the_real_fruits_sample(kedro_project: Pat
     assert report["onnx"]["max_abs_logit_diff"] <= 1e-4 * max(1.0, report["onnx"]["max_abs_logit"])
 
 
-@pytest.mark.parametrize("name, channels", [("resnet9", 3), ("resnet18", 1)])
+@pytest.mark.parametrize("name, channels", [("resnet9", 3), ("airbench", 3), ("resnet18", 1)])
 def test_each_architecture_exports_with_its_normalisation_inside(name: str, channels: int) -> None:
     """A torchvision ResNet and grey input too: the file takes uint8 images of any batch size."""
     from vision_pipelines.config import ImageConfig, ModelConfig

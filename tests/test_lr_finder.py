@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CPU, MODEL, fast_params, latest, make_folders_dataset, run_kedro
-from vision_pipelines import lr_finder
-from vision_pipelines.config import ConfigError, TrainConfig
+from conftest import CPU, IMAGES, MODEL, build_cache, fast_params, latest, make_folders_dataset, run_kedro, write_cache
+from vision_pipelines import lr_finder, recipe
+from vision_pipelines.config import ConfigError, LRFindConfig, TrainConfig
 from vision_pipelines.loader import Loader, MemoryImages
-from vision_pipelines.models import build_model
+from vision_pipelines.models import build_model, first_convolution
+from vision_pipelines.pipelines.lr_find.nodes import range_test_report
 
 FALL_START, FALL_END = 1e-4, 1e-1  # the synthetic curve falls between these rates
 
@@ -66,6 +68,25 @@ def test_the_range_test_leaves_the_weights_and_batch_norm_statistics_untouched()
     assert len(curve) > 6 and curve["lr"].is_monotonic_increasing and curve["loss"].notna().all()
     after = network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_range_test_starts_from_the_whitened_first_convolution_as_training_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``model.whiten`` a rate suggested from a random first convolution would be for
+    another network than the one trained."""
+    raw = make_folders_dataset(tmp_path / "images", train=8, test=1)
+    cache = write_cache(build_cache(raw), tmp_path / "cache")
+    tested = {}
+
+    def record_network(network, loader, train, start, end, steps) -> pd.DataFrame:
+        tested.update(first=first_convolution(network).weight.detach().clone(), loader=loader)
+        return synthetic_curve()
+
+    monkeypatch.setattr(lr_finder, "range_test", record_network)
+    model = dataclasses.replace(MODEL, whiten=True)
+    range_test_report(cache, model, IMAGES, TrainConfig(epochs=1, batch_size=4), CPU, LRFindConfig())
+    filters = recipe.whitening_filters(recipe.patch_covariance(tested["loader"], (3, 3)), model.width)
+    torch.testing.assert_close(tested["first"].flatten(1), filters)
 
 
 def test_lr_find_pipeline_writes_its_report_and_plot_and_max_lr_auto_uses_it(kedro_project: Path, tmp_path: Path,

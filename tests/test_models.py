@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vision_pipelines.config import ConfigError, ImageConfig, ModelConfig
+from vision_pipelines.config import MODEL_MIN_SIZE, ConfigError, ImageConfig, ModelConfig
 from vision_pipelines.model_card import load_model, make_card
 from vision_pipelines.models import GlobalMaxPool, PretrainedWeightsMissing, build_model
 
@@ -34,7 +34,7 @@ def backward_kernels(output: torch.Tensor) -> set[str]:
     return {type(node).__name__ for node in seen}
 
 
-@pytest.mark.parametrize("name", ["resnet9", "resnet18"])
+@pytest.mark.parametrize("name", ["resnet9", "airbench", "resnet18"])
 def test_every_model_can_train_with_deterministic_cuda_kernels(name: str) -> None:
     network = build_model(ModelConfig(name=name, width=4), 3, 5)
     kernels = backward_kernels(network(torch.rand(2, 3, 32, 32)).sum())
@@ -70,8 +70,9 @@ def test_logit_scale_multiplies_the_logits_of_the_same_weights() -> None:
     assert torch.allclose(scaled(x), plain(x) * 0.125)
 
 
-def test_a_card_rebuilds_a_network_with_its_logit_scale() -> None:
-    config = ModelConfig(width=4, logit_scale=0.125)
+@pytest.mark.parametrize("name", ["resnet9", "airbench"])
+def test_a_card_rebuilds_a_network_with_its_logit_scale(name: str) -> None:
+    config = ModelConfig(name=name, width=4, logit_scale=0.125)
     weights = build_model(config, 3, 2).state_dict()
     card = make_card(config, ImageConfig(size=16), ["a", "b"], weights, {}, training={}, metrics={})
     _, network = load_model(card, weights)
@@ -83,8 +84,23 @@ def test_a_card_rebuilds_a_network_with_its_logit_scale() -> None:
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"logit_scale": 0}, "model.logit_scale must be positive"),
-    ({"name": "resnet18", "logit_scale": 0.125}, "model.logit_scale=0.125 applies to resnet9 only"),
+    ({"name": "resnet18", "logit_scale": 0.125}, "model.logit_scale=0.125 applies to resnet9 and airbench only"),
 ])
 def test_a_logit_scale_that_cannot_be_used_is_refused(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**settings)
+
+
+# --- model.name: airbench (cifar10's cpu recipe) ---
+
+
+def test_airbench_trains_batch_norm_biases_not_scales_and_its_groups_start_by_passing_their_input_on() -> None:
+    network = build_model(ModelConfig(name="airbench", width=8), 3, 5)
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(not n.weight.requires_grad and n.bias.requires_grad for n in norms)
+    convolutions = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    for conv in convolutions:  # 24 -> 8, 8 -> 8, 8 -> 32, 32 -> 32, 32 -> 32, 32 -> 32
+        x = torch.rand(1, conv.in_channels, 5, 5)
+        kept = min(conv.in_channels, conv.out_channels)
+        torch.testing.assert_close(conv(x)[:, :kept], x[:, :kept])
+    assert network(torch.rand(2, 3, MODEL_MIN_SIZE["airbench"], 9)).shape == (2, 5)  # the smallest input it takes

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 DRAWS_PER_IMAGE = 3  # crop row offset, crop column offset, flip
-FLIP_MODES = ("random", "alternating", "none")  # train.flip; true and false are random and none
 
 
 def random_draws(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -27,7 +26,7 @@ def batch_flip_lr(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
 
 
 def flip_mode(flip: bool | str) -> str:
-    """``train.flip`` as one of ``FLIP_MODES``: true is ``random``, false ``none``."""
+    """``train.flip`` as one of ``config.FLIP_MODES``: true is ``random``, false ``none``."""
     if isinstance(flip, bool):
         return "random" if flip else "none"
     return flip

@@ -20,7 +20,9 @@ from typing import Any
 SOURCE_KINDS = ("local", "kaggle", "torchvision", "url")
 LAYOUTS = ("folders", "csv")
 # Smallest input side each architecture accepts: the feature map must survive its poolings.
-MODEL_MIN_SIZE = {"resnet9": 8, "resnet18": 32, "resnet34": 32}
+MODEL_MIN_SIZE = {"resnet9": 8, "airbench": 9, "resnet18": 32, "resnet34": 32}
+FLIP_MODES = ("random", "alternating", "none")  # train.flip; true and false are random and none
+OWN_NETWORKS = ("resnet9", "airbench")  # built here: no pretrained weights; whitening and logit scale apply
 SUBSETS = ("train", "val", "test", "predict")  # a manifest's subsets, besides "skipped"
 HELD_OUT_SUBSETS = SUBSETS[1:]  # not trained on: predicted, and submitted from
 # A Kedro version: the timestamp of the run that saved it (kedro.io.core.VERSION_FORMAT, to the ms).
@@ -213,30 +215,31 @@ class ModelConfig(Settings):
     """Which network to build; everything needed to rebuild it travels in the model card."""
 
     section = "model"
-    name: str = "resnet9"  # resnet9 | resnet18 | resnet34 (torchvision)
-    width: int = 64  # resnet9: channels of the first block (doubles three times)
+    name: str = "resnet9"  # resnet9 | airbench (KellerJordan/cifar10-airbench's) | resnet18 | resnet34 (torchvision)
+    # resnet9: channels of the first block (doubles three times); airbench: of its first group (the others 4x)
+    width: int = 64
     dropout: float = 0.2  # before the classifier
     pretrained: bool = False  # torchvision ImageNet weights (resnet18/34 only)
-    # resnet9: the logits are multiplied by this; 0.125 (the speedruns' ResNet9) lets
+    # resnet9, airbench: the logits are multiplied by this; 0.125 (the speedruns' ResNet9) lets
     # train.optimizer=sgd train at a large max_lr, 1 keeps the tutorials' network
     logit_scale: float = 1.0
-    # resnet9: the first convolution initialised to whiten the training images' patches (airbench);
+    # resnet9, airbench: the first convolution initialised to whiten the training images' patches (airbench);
     # frozen: and kept so (not trained)
     whiten: bool | str = False
 
     def validate(self) -> None:
         _check_choice(self, "name", tuple(MODEL_MIN_SIZE))
         _check_choice(self, "whiten", (True, False, "frozen"))
-        if self.whiten and self.name != "resnet9":
-            raise ConfigError(f"model.whiten={self.whiten} applies to resnet9, whose first layer is a plain "
-                              f"convolution learned from scratch; set it to false for {self.name}")
+        if self.whiten and self.name not in OWN_NETWORKS:
+            raise ConfigError(f"model.whiten={self.whiten} applies to resnet9 and airbench, whose first layer is a "
+                              f"plain convolution learned from scratch; set it to false for {self.name}")
         _check_range(self, "width", 1, high=None)
         _check_range(self, "dropout", 0, 1)
         _check_range(self, "logit_scale", 0, low_open=True, high=None)
-        if self.logit_scale != 1.0 and self.name != "resnet9":
-            raise ConfigError(f"model.logit_scale={self.logit_scale} applies to resnet9 only; "
+        if self.logit_scale != 1.0 and self.name not in OWN_NETWORKS:
+            raise ConfigError(f"model.logit_scale={self.logit_scale} applies to resnet9 and airbench only; "
                               f"set it to 1 for {self.name}")
-        if self.pretrained and self.name == "resnet9":
+        if self.pretrained and self.name in OWN_NETWORKS:
             raise ConfigError("model.pretrained=true needs a torchvision model (resnet18/resnet34)")
 
 
@@ -334,7 +337,7 @@ class TrainConfig(Settings):
         _check_range(self, "grad_clip", 0, low_open=True, high=None)
         _check_range(self, "label_smoothing", 0, 1)
         _check_range(self, "crop_padding", 0, high=None)
-        _check_choice(self, "flip", (True, False, "random", "alternating", "none"))
+        _check_choice(self, "flip", (True, False, *FLIP_MODES))
         _check_choice(self, "optimizer", ("adam", "sgd"))
         _check_choice(self, "keep", ("last", "best_val_loss"))
         _check_seed(self)

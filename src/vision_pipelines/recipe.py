@@ -130,15 +130,21 @@ class PatchWhitening(Callback):
 
     order = -1  # before train.ema copies the weights
 
-    @torch.no_grad()
     def on_train_start(self, step: TrainStep, train: Loader) -> None:
-        conv = first_convolution(step.network)
-        filters = whitening_filters(patch_covariance(train, conv.kernel_size), conv.out_channels)
-        conv.weight[:len(filters)] = filters.view(-1, *conv.weight.shape[1:]).to(conv.weight)
-        if dist.is_initialized():
-            weight = conv.weight.contiguous()
-            dist.broadcast(weight, src=0)
-            conv.weight.copy_(weight)
+        whiten_first_convolution(step.network, train)
+
+
+@torch.no_grad()
+def whiten_first_convolution(network: nn.Module, train: Loader) -> None:
+    """``model.whiten``'s initialisation of ``network`` from ``train``'s patches (``PatchWhitening``;
+    the learning-rate range test starts from it too)."""
+    conv = first_convolution(network)
+    filters = whitening_filters(patch_covariance(train, conv.kernel_size), conv.out_channels)
+    conv.weight[:len(filters)] = filters.view(-1, *conv.weight.shape[1:]).to(conv.weight)
+    if dist.is_initialized():
+        weight = conv.weight.contiguous()
+        dist.broadcast(weight, src=0)
+        conv.weight.copy_(weight)
 
 
 def patch_covariance(train: Loader, kernel_size: tuple[int, int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ... import engine, lineage, lr_finder
+from ... import engine, lineage, lr_finder, recipe
 from ...cache import ImageCache
 from ...config import ComputeConfig, ImageConfig, LRFindConfig, ModelConfig, TrainConfig
 from ...loader import Loader
@@ -46,6 +46,8 @@ def range_test_report(cache: ImageCache, model: ModelConfig, images: ImageConfig
                            cache.labels("train"), images.mean, images.std, train.batch_size, compute,
                            crop_padding=train.crop_padding, flip=train.flip,
                            generator=torch.Generator().manual_seed(train.seed))
+    if model.whiten:  # the test starts where training does
+        recipe.whiten_first_convolution(network, loader)
     steps = min(lr_find.steps, max(MIN_STEPS, train.epochs * len(loader)))
     log.info("learning-rate range test: %d steps from %g to %g, %s, batch %d, on %s", steps, lr_find.start,
              lr_find.end, train.optimizer, train.batch_size, loader.device)
