@@ -99,27 +99,29 @@ def table_row(name: str, seed: int, record: dict) -> dict:
     other = next(iter(record["evaluate_variants"].values()))
     return {"row": name, "settings": settings, "seed": seed,
             "accuracy": other if crops else run["accuracy"], "accuracy_multi_crop": run["accuracy"] if crops else other,
-            "multi_crop_in_row": crops, "train_seconds": run["train_seconds"], "load_1min": run["load_1min"]}
+            "multi_crop_in_row": crops, "train_seconds": run["train_seconds"], "load_1min": run["load_1min"],
+            "precision": run["precision"]}
 
 
 def markdown(record: dict) -> list[str]:
     lines = ["# CIFAR-10 `--env=cpu`: ablation of the recipe options (full dataset)", "", machine_line(record), "",
              f"Each row: `{record['row_command']}` with the row's settings on top of the recipe without the "
              "options (conf/cpu's until 2026-12-07), "
-             f"{record['jobs']} runs at a time on {record['threads']} thread(s) each, fp32, 49,000 train / "
+             f"{record['jobs']} runs at a time on {record['threads']} thread(s) each, 49,000 train / "
              "1,000 val / 10,000 test images. *flip TTA* is the recipe's evaluation; *+ multi-crop* the same "
              "model evaluated with `evaluate.tta_crops=true` too (the row's own setting is in bold). Training "
              "times are of a shared machine (at least two runs at once; the 1-minute load says how shared): "
              "they are not the recipe's time.", "",
-             "| row | seed | settings | test accuracy, flip TTA | + multi-crop | train time | load (median) |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | seed | settings | precision | test accuracy, flip TTA | + multi-crop | train time "
+             "| load (median) |", "|---|---|---|---|---|---|---|---|"]
     for row in record["rows"]:
         plain, crops = f"{row['accuracy']:.2%}", f"{row['accuracy_multi_crop']:.2%}"
         plain, crops = (plain, f"**{crops}**") if row["multi_crop_in_row"] else (f"**{plain}**", crops)
         settings = ",".join(setting for setting in row["settings"].split(",")
                             if not setting.startswith(("compute.threads=", "train.seed="))
                             and setting not in OPTIONS_OFF.split(","))
-        lines.append(f"| {row['row']} | {row['seed']} | `{settings or 'the options off'}` | {plain} | {crops} | "
+        lines.append(f"| {row['row']} | {row['seed']} | `{settings or 'the options off'}` | {row['precision']} | "
+                     f"{plain} | {crops} | "
                      f"{row['train_seconds']:.0f} s | {row['load_1min']['during_median']} |")
     return lines
 

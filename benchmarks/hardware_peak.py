@@ -13,7 +13,7 @@ Fraction of peak = images/s x FLOPs per image / peak FLOP/s in the precision the
 
     python benchmarks/hardware_peak.py                 # cifar10's --env=cpu recipe
     python benchmarks/hardware_peak.py --steps 5 --size 512   # quick look
-    python benchmarks/hardware_peak.py --variants      # and channels_last, torch.compile, bf16
+    python benchmarks/hardware_peak.py --variants      # and channels_last, torch.compile, bf16 / fp32
 """
 
 from __future__ import annotations
@@ -129,16 +129,21 @@ VARIANTS = {  # name: (overrides, bf16 forced), against the recipe as configured
     "channels_last off": ({"compute": {"channels_last": False}}, None),
     "torch.compile": ({"train": {"compile": True}}, None),
     "bf16 autocast": ({}, True),
+    "fp32": ({}, False),
 }
 
 
 def variants(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps: int) -> dict[str, dict]:
     """Train stage and model-only images/s as configured and with each of ``VARIANTS``; on CPUs
-    without native bf16, the bf16 row measures oneDNN's emulation. Each is run twice, in turn
-    (configured, variant, configured, ...), and the better of the two counts."""
+    without native bf16, the bf16 row measures oneDNN's emulation; the precision the recipe trains
+    in is not repeated as a variant. Each is run twice, in turn (configured, variant, configured,
+    ...), and the better of the two counts."""
+    compute = configs(dataset, env, overrides)[3]
+    configured_bf16 = compute.mixed_precision and has_fast_bf16(resolve_device(compute.device))
+    chosen = {name: variant for name, variant in VARIANTS.items() if variant[1] != configured_bf16}
     rows: dict[str, dict] = {}
     for _ in range(2):
-        for name, (change, bf16) in {"as configured": ({}, None), **VARIANTS}.items():
+        for name, (change, bf16) in {"as configured": ({}, None), **chosen}.items():
             merged = {key: {**overrides.get(key, {}), **change.get(key, {})} for key in {*overrides, *change}}
             rates = throughputs(*configs(dataset, env, merged), steps, bf16)
             best = rows.get(name, {})
@@ -190,7 +195,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch threads for the training paths (default: torch's)")
     parser.add_argument("--variants", action="store_true",
-                        help="also time channels_last on/off, torch.compile and bf16 autocast")
+                        help="also time channels_last on/off, torch.compile and the other precision (bf16 / fp32)")
     parser.add_argument("--note", default="", help="a line on the machine's state, shown in the results")
     parser.add_argument("--results", type=Path, default=None, help="folder for the results (benchmarks/results)")
     args = parser.parse_args()

@@ -27,6 +27,7 @@ VARIANTS = {  # name: settings on top of conf/cpu's recipe
     "as configured": "",
     "airbench options": RECIPE_OPTIONS,
     "class-balanced loss": "train.class_balance=loss",
+    "plain loss": "train.class_balance=none",
 }
 
 

@@ -31,6 +31,12 @@ from common import project_copy as make_project
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist starts one worker per core: one torch thread each (and in the Kedro processes
+    # they start), or the workers' OpenMP thread teams wait on each other's cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:

@@ -127,14 +127,17 @@ def test_sync_batchnorm_trains_as_one_process_does(tmp_path_factory: pytest.Temp
     """With batch-norm statistics over the global batch, a 2-process step is the 1-process step:
     same images, augmentations, statistics and averaged gradients. Only the order of floating
     point sums differs (all-reduce, per-process reductions), so the losses agree to ~1e-6 at
-    first, and stay close as those last-bit differences grow over the steps."""
+    first, and stay close as those last-bit differences grow over the steps: how close depends on
+    the kernels oneDNN picks for the thread count (measured over the first epoch: 1e-7 of the loss
+    with 2 threads, 3e-4 for the train and 2e-3 for the validation loss with 1). Without
+    synchronised statistics (8 images per statistic, not 16) they differ by 10 % or more."""
     synced = trained(tmp_path_factory, dataset, "sync_batchnorm", nproc_per_node=2, sync_batchnorm=True)
     one, two = history(one_process), history(synced)
     # (The history's train loss and accuracy are over both processes' halves, all-reduced: one
     # process's half alone would be far from the 1-process figures.)
-    assert two["train_loss"].iloc[0] == pytest.approx(one["train_loss"].iloc[0], rel=1e-4)
+    assert two["train_loss"].iloc[0] == pytest.approx(one["train_loss"].iloc[0], rel=1e-2)
     assert two["train_accuracy"].iloc[0] == one["train_accuracy"].iloc[0]
-    assert two["val_loss"].iloc[0] == pytest.approx(one["val_loss"].iloc[0], rel=1e-3)
+    assert two["val_loss"].iloc[0] == pytest.approx(one["val_loss"].iloc[0], rel=1e-2)
     assert card(synced)["training"]["config"]["distributed"]["sync_batchnorm"] is True
 
 

@@ -16,7 +16,7 @@ from vision_pipelines.loader import Loader, MemoryImages, has_fast_bf16
 N = 50
 IMAGES = torch.arange(N, dtype=torch.uint8)[:, None, None, None].expand(N, 1, 4, 4).contiguous()  # image i is all i
 LABELS = torch.arange(N) % 5
-NCHW = ComputeConfig(device="cpu", channels_last=False)
+NCHW = ComputeConfig(device="cpu", channels_last=False, mixed_precision=False)
 
 
 def sharded(folder: Path, per_shard: int = 12) -> ShardedImages:

@@ -48,6 +48,17 @@ def test_global_max_pool_gives_what_adaptive_max_pooling_gave() -> None:
     assert torch.equal(GlobalMaxPool()(features), torch.nn.AdaptiveMaxPool2d(1)(features))
 
 
+def test_airbench_compiled_with_bf16_autocast_gets_finite_gradients() -> None:
+    """``train.compile`` on a bf16 machine: global max pooling as ``amax`` after airbench's last
+    GELU gave NaN gradients from the first step (torch 2.14's compiled backward)."""
+    network = build_model(ModelConfig(name="airbench", width=4), 3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # emulated where bf16 is not native: slow, but tiny
+        loss = torch.compile(network)(torch.randn(4, 3, 16, 16)).float().logsumexp(1).mean()
+    loss.backward()
+    gradients = [p.grad for p in network.parameters() if p.requires_grad]
+    assert gradients and all(torch.isfinite(g).all() for g in gradients)
+
+
 def test_missing_pretrained_weights_name_the_cache_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
 

@@ -31,13 +31,16 @@ class Residual(nn.Module):
 class GlobalMaxPool(nn.Module):
     """``[N, C, H, W] -> [N, C, 1, 1]``, the maximum over each feature map.
 
-    The same output as ``nn.AdaptiveMaxPool2d(1)``, but its backward (``amax``'s, which shares
-    the gradient among tied maxima) has a deterministic CUDA kernel, while adaptive max pooling's
-    has none: ``train.deterministic=true`` would refuse to train the model.
+    The same output as ``nn.AdaptiveMaxPool2d(1)``, but its backward (a scatter to each maximum's
+    index) has a deterministic CUDA kernel, while adaptive max pooling's has none:
+    ``train.deterministic=true`` would refuse to train the model. Not ``amax``: under
+    ``torch.compile`` with bf16 autocast, after a GELU, its backward compares the bf16 maximum with
+    an fp32 recomputation, finds no element equal to it and divides by zero (NaN gradients; torch
+    2.14, CPU).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amax(dim=(2, 3), keepdim=True)
+        return x.flatten(2).max(dim=2).values[..., None, None]
 
 
 class Scale(nn.Module):
