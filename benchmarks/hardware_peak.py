@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import machine_line, machine_record, project_parameters, write_record
 from vision_pipelines import engine
 from vision_pipelines.config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig, parse
-from vision_pipelines.loader import Loader, MemoryImages, has_fast_bf16, resolve_device
+from vision_pipelines.loader import Loader, MemoryImages, has_fast_bf16, resolve_device, uses_bf16
 from vision_pipelines.models import build_model
 
 CLASSES = 10
@@ -110,10 +110,9 @@ def throughputs(images: ImageConfig, model: ModelConfig, train: TrainConfig, com
 def measure(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps: int, size: int) -> dict[str, Any]:
     images, model, train, compute = configs(dataset, env, overrides)
     device = resolve_device(compute.device)
-    bf16 = has_fast_bf16(device)
-    amp = compute.mixed_precision and bf16
+    amp = uses_bf16(compute, device)
     peaks = {"fp32": matmul_peak(size, torch.float32, device)}
-    if bf16:
+    if has_fast_bf16(device):
         peaks["bf16"] = matmul_peak(size, torch.bfloat16, device)
     flops = train_flops_per_image(model, images, train.batch_size, device, amp)
     rates = throughputs(images, model, train, compute, steps)
@@ -139,7 +138,7 @@ def variants(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps
     in is not repeated as a variant. Each is run twice, in turn (configured, variant, configured,
     ...), and the better of the two counts."""
     compute = configs(dataset, env, overrides)[3]
-    configured_bf16 = compute.mixed_precision and has_fast_bf16(resolve_device(compute.device))
+    configured_bf16 = uses_bf16(compute, resolve_device(compute.device))
     chosen = {name: variant for name, variant in VARIANTS.items() if variant[1] != configured_bf16}
     rows: dict[str, dict] = {}
     for _ in range(2):

@@ -59,7 +59,7 @@ from common import (
 from vision_pipelines import engine, lineage
 from vision_pipelines.cache import CacheBuild, ImageCache, write_cache
 from vision_pipelines.config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig, parse
-from vision_pipelines.loader import Loader, MemoryImages, has_fast_bf16, resolve_device
+from vision_pipelines.loader import Loader, MemoryImages, resolve_device, uses_bf16
 from vision_pipelines.models import build_model
 
 PATHS = ("project", "reference", "ceiling")
@@ -267,7 +267,7 @@ def measure(setup: Setup, isolate: bool = True) -> dict[str, Any]:
                         "dataloader_workers": setup.workers, "images": dataclasses.asdict(setup.images),
                         "model": dataclasses.asdict(setup.model), "compute": dataclasses.asdict(setup.compute),
                         "train": dataclasses.asdict(setup.train),
-                        "bf16_autocast": setup.compute.mixed_precision and has_fast_bf16(device),
+                        "bf16_autocast": uses_bf16(setup.compute, device),
                         "channels_last": setup.compute.channels_last},
               "paths": {}}
     # Round after round, each path trains one warm-up window and one timed window in a fresh

@@ -49,6 +49,12 @@ def has_fast_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def uses_bf16(compute: ComputeConfig, device: torch.device) -> bool:
+    """Whether ``compute`` runs the network in bf16 autocast on ``device``: asked for
+    (``compute.mixed_precision``) and native there."""
+    return compute.mixed_precision and has_fast_bf16(device)
+
+
 @dataclass
 class MemoryImages:
     """A subset held whole in memory (on the GPU when it fits there): the fast, default path."""
@@ -115,7 +121,7 @@ class Loader:
         if isinstance(images, MemoryImages):
             images = MemoryImages(_place(images.images, device))
         return cls(images, labels, mean, std, batch_size, device,
-                   amp=compute.mixed_precision and has_fast_bf16(device),
+                   amp=uses_bf16(compute, device),
                    channels_last=compute.channels_last, **training)
 
     @classmethod
