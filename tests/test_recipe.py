@@ -112,7 +112,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(
 def test_an_interrupted_run_with_every_option_resumes_to_the_same_weights(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = TrainConfig(epochs=2, batch_size=8, ema=0.8, mixup_alpha=0.4, cutmix_alpha=1.0,
-                         class_balance="sampler", accumulate=2, early_stopping=3)
+                         class_balance="sampler", accumulate=2, early_stopping=3, optimizer="muon")
     whitened = ModelConfig(width=4, whiten=True)
     straight = fit(config, model=whitened).weights
     check = engine.stop_if_diverged
@@ -132,7 +132,8 @@ def test_an_interrupted_run_with_every_option_resumes_to_the_same_weights(
 
 @pytest.mark.parametrize("setting, value", [("ema", 1.0), ("mixup_alpha", -1), ("class_balance", "weights"),
                                             ("accumulate", 0), ("early_stopping", -1),
-                                            ("bn_bias_lr_scale", 0), ("flip", "sometimes")])
+                                            ("bn_bias_lr_scale", 0), ("flip", "sometimes"), ("muon_lr", 0),
+                                            ("optimizer", "lamb")])
 def test_recipe_options_are_validated(setting: str, value) -> None:
     with pytest.raises(ConfigError, match=f"train.{setting}"):
         TrainConfig(**{setting: value})

@@ -301,7 +301,7 @@ class TrainConfig(Settings):
     section = "train"
     epochs: int = 4
     batch_size: int = 128  # images per optimizer step (the global batch under distributed)
-    optimizer: str = "adam"  # adam | sgd (Nesterov, momentum 0.9)
+    optimizer: str = "adam"  # adam | sgd (Nesterov, momentum 0.9) | muon (filters orthogonalised, the rest sgd)
     max_lr: float | str = 0.01  # peak of the one-cycle schedule; auto: the lr_find suggestion (docs/tuning.md)
     pct_start: float = 0.25  # share of steps spent warming up to max_lr
     weight_decay: float = 1e-4  # L2, coupled (torch.optim.Adam/SGD weight_decay)
@@ -324,6 +324,7 @@ class TrainConfig(Settings):
     accumulate: int = 1  # each batch in this many parts, gradients summed before the one step (less memory)
     early_stopping: int = 0  # stop after this many epochs without a lower validation loss; 0 = off
     bn_bias_lr_scale: float = 1.0  # batch-norm biases train at this multiple of the lr (airbench: 64), decay / it
+    muon_lr: float = 0.014  # optimizer muon: peak step of the convolution filters, relative to their norm
 
     def validate(self) -> None:
         _check_range(self, "epochs", 1, high=None)
@@ -338,7 +339,7 @@ class TrainConfig(Settings):
         _check_range(self, "label_smoothing", 0, 1)
         _check_range(self, "crop_padding", 0, high=None)
         _check_choice(self, "flip", (True, False, *FLIP_MODES))
-        _check_choice(self, "optimizer", ("adam", "sgd"))
+        _check_choice(self, "optimizer", ("adam", "sgd", "muon"))
         _check_choice(self, "keep", ("last", "best_val_loss"))
         _check_seed(self)
         _check_range(self, "ema", 0, 1)
@@ -348,6 +349,7 @@ class TrainConfig(Settings):
         _check_range(self, "accumulate", 1, high=None)
         _check_range(self, "early_stopping", 0, high=None)
         _check_range(self, "bn_bias_lr_scale", 0, low_open=True, high=None)
+        _check_range(self, "muon_lr", 0, low_open=True, high=None)
         world = self.distributed.nproc_per_node * self.distributed.nnodes
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of the "

@@ -40,6 +40,7 @@ from .config import ComputeConfig, ImageConfig, ModelConfig, TrainConfig
 from .console import Progress, format_seconds
 from .loader import Loader, memory_limit_bytes, subset_images
 from .models import build_model, count_parameters
+from .optimizers import build_optimizer
 from .recipe import Callback, Callbacks, MixedLabels, PatchWhitening, callbacks_for
 from .threads import ThreadPolicy
 
@@ -95,7 +96,7 @@ class TrainStep:
             self.model = nn.parallel.DistributedDataParallel(self.network, device_ids=device_ids)
         if config.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = _optimizer(self.network, config)
+        self.optimizer = build_optimizer(self.network, config)
         # OneCycleLR divides by (pct_start * total_steps - 1): a warm-up of exactly one step
         # (e.g. 4 steps at 0.25) would crash it, so stretch that warm-up a hair past the step.
         pct_start = config.pct_start * (1.01 if config.pct_start * total_steps == 1 else 1)
@@ -450,28 +451,6 @@ def cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies: channels_last weights would otherwise keep their NHWC strides,
     which safetensors refuses to save."""
     return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True) for k, v in state_dict.items()}
-
-
-def _optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """``config``'s optimizer at ``max_lr`` (the schedule's peak: each group's ``lr``)."""
-    groups = _param_groups(network, config)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.max_lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(groups, lr=config.max_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-
-
-def _param_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
-    """One group of every parameter; with ``train.bn_bias_lr_scale``, the batch-norm biases in
-    a second group at that multiple of the learning rate and with the weight decay divided by
-    it (airbench's: SGD then decays them as much per step as before)."""
-    scale = config.bn_bias_lr_scale
-    biases = {id(m.bias): m.bias for m in network.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
-    if scale == 1 or not biases:
-        return [{"params": list(network.parameters())}]
-    rest = [p for p in network.parameters() if id(p) not in biases]
-    return [{"params": rest}, {"params": list(biases.values()), "lr": config.max_lr * scale,
-                               "weight_decay": config.weight_decay / scale}]
 
 
 # --- the training job: what the train node runs, in one process or in each of many -------------

@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import LR_FIND_RULES, ConfigError, TrainConfig
 from .loader import Loader
+from .optimizers import build_optimizer
 
 RULES = LR_FIND_RULES
 SMOOTHING = 0.98  # fastai's exponential moving average of the loss (debiased)
@@ -50,11 +51,11 @@ def range_test(network: nn.Module, loader: Loader, train: TrainConfig, start: fl
                steps: int) -> pd.DataFrame:
     """The loss at each step of the exponential schedule, one row per step (``lr``, ``loss``,
     ``smoothed``); ``network``'s weights (and batch-norm statistics) are restored after."""
-    from .engine import _optimizer, cpu_copy
+    from .engine import cpu_copy
 
     saved = cpu_copy(network.state_dict())
     network = network.to(loader.device, memory_format=loader.memory_format).train()
-    optimizer = _optimizer(network, train)
+    optimizer = build_optimizer(network, train)
     scales = [group["lr"] / train.max_lr for group in optimizer.param_groups]  # train.bn_bias_lr_scale
     rows, average, best = [], 0.0, math.inf
     try:
