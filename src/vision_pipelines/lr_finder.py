@@ -56,7 +56,7 @@ def range_test(network: nn.Module, loader: Loader, train: TrainConfig, start: fl
     saved = cpu_copy(network.state_dict())
     network = network.to(loader.device, memory_format=loader.memory_format).train()
     optimizer = build_optimizer(network, train)
-    scales = [group["lr"] / train.max_lr for group in optimizer.param_groups]  # train.bn_bias_lr_scale
+    scales = [group["lr"] / train.max_lr for group in optimizer.param_groups]  # bn_bias_lr_scale, muon_lr
     rows, average, best = [], 0.0, math.inf
     try:
         for i, (lr, (images, labels)) in enumerate(zip(schedule(start, end, steps), _endless(loader))):

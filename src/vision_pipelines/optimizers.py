@@ -34,8 +34,8 @@ def param_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
     SGD then decays them as much per step as before); with ``optimizer: muon``, the convolution
     filters after the first (``muon_filters``) at ``train.muon_lr``, orthogonalised."""
     scale = config.bn_bias_lr_scale
-    biases = [m.bias for m in network.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and scale != 1]
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    biases = [m.bias for m in norms if m.bias is not None] if scale != 1 else []
     filters = muon_filters(network) if config.optimizer == "muon" else []
     apart = {id(p) for p in [*biases, *filters]}
     groups = [{"params": [p for p in network.parameters() if id(p) not in apart]}]
