@@ -14,6 +14,7 @@ Fraction of peak = images/s x FLOPs per image / peak FLOP/s in the precision the
     python benchmarks/hardware_peak.py                 # cifar10's --env=cpu recipe
     python benchmarks/hardware_peak.py --steps 5 --size 512   # quick look
     python benchmarks/hardware_peak.py --variants      # and channels_last, torch.compile, bf16 / fp32
+    python benchmarks/hardware_peak.py --variants --fp32   # against the recipe in fp32 (*_fp32 record)
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def measure(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps:
 VARIANTS = {  # name: (overrides, bf16 forced), against the recipe as configured (channels_last on)
     "channels_last off": ({"compute": {"channels_last": False}}, None),
     "torch.compile": ({"train": {"compile": True}}, None),
+    "whitening trained": ({"model": {"whiten": True}}, None),  # where the recipe freezes it
     "bf16 autocast": ({}, True),
     "fp32": ({}, False),
 }
@@ -135,11 +137,11 @@ VARIANTS = {  # name: (overrides, bf16 forced), against the recipe as configured
 def variants(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps: int) -> dict[str, dict]:
     """Train stage and model-only images/s as configured and with each of ``VARIANTS``; on CPUs
     without native bf16, the bf16 row measures oneDNN's emulation; the precision the recipe trains
-    in is not repeated as a variant. Each is run twice, in turn (configured, variant, configured,
-    ...), and the better of the two counts."""
-    compute = configs(dataset, env, overrides)[3]
-    configured_bf16 = uses_bf16(compute, resolve_device(compute.device))
-    chosen = {name: variant for name, variant in VARIANTS.items() if variant[1] != configured_bf16}
+    in is not repeated as a variant, nor trained whitening where the recipe does not freeze it.
+    Each is run twice, in turn (configured, variant, configured, ...), and the better of the two
+    counts."""
+    _, model, _, compute = configs(dataset, env, overrides)
+    chosen = chosen_variants(model, uses_bf16(compute, resolve_device(compute.device)))
     rows: dict[str, dict] = {}
     for _ in range(2):
         for name, (change, bf16) in {"as configured": ({}, None), **chosen}.items():
@@ -148,6 +150,13 @@ def variants(dataset: str, env: str, overrides: dict[str, dict[str, Any]], steps
             best = rows.get(name, {})
             rows[name] = {path: max(rate, best.get(path, 0.0)) for path, rate in rates.items()}
     return rows
+
+
+def chosen_variants(model: ModelConfig, configured_bf16: bool) -> dict[str, tuple[dict, bool | None]]:
+    """``VARIANTS`` that differ from the recipe: not its own precision, and trained whitening only
+    where it freezes the whitening."""
+    return {name: variant for name, variant in VARIANTS.items() if variant[1] != configured_bf16
+            and (name != "whitening trained" or model.whiten == "frozen")}
 
 
 def variant_lines(record: dict[str, Any]) -> list[str]:
@@ -195,17 +204,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads for the training paths (default: torch's)")
     parser.add_argument("--variants", action="store_true",
                         help="also time channels_last on/off, torch.compile and the other precision (bf16 / fp32)")
+    parser.add_argument("--fp32", action="store_true",
+                        help="the recipe in fp32 (compute.mixed_precision=false) even where bf16 is native")
     parser.add_argument("--note", default="", help="a line on the machine's state, shown in the results")
     parser.add_argument("--results", type=Path, default=None, help="folder for the results (benchmarks/results)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"compute": {"device": args.device}}
+    overrides = {"compute": {"device": args.device, **({"mixed_precision": False} if args.fp32 else {})}}
     record = measure(args.dataset, args.env, overrides, args.steps, args.size)
     if args.variants:
         record["variants"] = variants(args.dataset, args.env, overrides, args.steps)
     record["note"] = args.note
-    stem = f"hardware_peak_{record['device_type']}"
+    stem = f"hardware_peak_{record['device_type']}" + ("_fp32" if args.fp32 else "")
     write_record(record, markdown(record, args.note), stem, *([args.results] if args.results else []))
 
 

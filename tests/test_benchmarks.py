@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import PROJECT_ROOT, make_class_folders
-from vision_pipelines.config import ComputeConfig, TrainConfig
+from vision_pipelines.config import ComputeConfig, ModelConfig, TrainConfig
 from vision_pipelines.engine import TrainStep
 from vision_pipelines.loader import Loader, MemoryImages
 from vision_pipelines.models import ResNet9
@@ -198,3 +198,11 @@ def test_hardware_peak_benchmark_relates_throughput_to_the_measured_peak(tmp_pat
         assert rate > 0 and record["fraction_of_peak"][path] == rate * record["train_flops_per_image"] / peak
     _, md_path = common.write_record(record, hardware_peak.markdown(record, ""), "peak", tmp_path)
     assert "| train stage |" in md_path.read_text() and "| model only |" in md_path.read_text()
+
+
+def test_hardware_peak_variants_leave_out_what_the_recipe_already_is() -> None:
+    frozen, trained = ModelConfig(name="airbench", whiten="frozen"), ModelConfig(name="airbench", whiten=True)
+    assert {"whitening trained", "fp32"} <= set(hardware_peak.chosen_variants(frozen, configured_bf16=True))
+    assert "bf16 autocast" not in hardware_peak.chosen_variants(frozen, configured_bf16=True)
+    assert {"bf16 autocast"} <= set(hardware_peak.chosen_variants(trained, configured_bf16=False))
+    assert not {"whitening trained", "fp32"} & set(hardware_peak.chosen_variants(trained, configured_bf16=False))
