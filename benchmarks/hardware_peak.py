@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch threads for the training paths (default: torch's)")
     parser.add_argument("--variants", action="store_true",
-                        help="also time channels_last on/off, torch.compile and the other precision (bf16 / fp32)")
+                        help="also time channels_last off, torch.compile, trained whitening and the other precision")
     parser.add_argument("--fp32", action="store_true",
                         help="the recipe in fp32 (compute.mixed_precision=false) even where bf16 is native")
     parser.add_argument("--note", default="", help="a line on the machine's state, shown in the results")
