@@ -73,7 +73,10 @@ class Muon(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 grad = p.grad if orthogonal else p.grad.add(p, alpha=group["weight_decay"])
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(grad))
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # not setdefault: it would zero a new tensor every step
+                    state["momentum_buffer"] = torch.zeros_like(grad)
+                buffer = state["momentum_buffer"]
                 update = grad.add(buffer.mul_(momentum).add_(grad), alpha=momentum)  # Nesterov
                 if orthogonal:
                     p.mul_(math.sqrt(len(p)) / p.norm().clamp(min=1e-12))
